@@ -1,0 +1,220 @@
+"""Transformer building blocks shared by the DREAM encoder, decoder, aligner and text tower.
+
+Numerics follow the official PyTorch release (timm ViT blocks, open_clip text blocks), because
+Flax defaults differ: GELU is the exact erf form, Linear layers are xavier-uniform with zero
+bias, LayerNorm eps is passed explicitly (1e-6 in ViT-style blocks, 1e-5 in the CLIP tower).
+
+Attention is written out (not `jax.nn.dot_product_attention`) because the reference applies
+dropout to the attention probabilities, and because the key mask is how the two encoder paths
+(token dropping and full-length masking) are made to agree.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+xavier = nn.initializers.xavier_uniform()
+zeros = nn.initializers.zeros
+
+
+def gelu(x):
+  """Exact (erf) GELU, as torch.nn.GELU() (Flax's nn.gelu defaults to tanh)."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def dense(features: int, dtype: Dtype, name: Optional[str] = None, use_bias: bool = True,
+          kernel_init=xavier) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=kernel_init, bias_init=zeros, name=name)
+
+
+def layer_norm(eps: float, dtype: Dtype, name: Optional[str] = None, affine: bool = True):
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_bias=affine,
+                      use_scale=affine, name=name)
+
+
+def attention(q, k, v, key_mask=None, causal=False, dropout=None):
+  """Scaled dot-product attention with softmax in float32.
+
+  Args:
+    q: [B, Lq, H, Dh]; k, v: [B, Lk, H, Dh].
+    key_mask: optional [B, Lk] bool, True where a key may be attended to.
+    causal: lower-triangular mask (CLIP text tower).
+    dropout: optional callable applied to the attention probabilities.
+  Returns:
+    [B, Lq, H, Dh] in q's dtype.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+  if key_mask is not None:
+    logits = jnp.where(key_mask[:, None, None, :], logits, -1e30)
+  if causal:
+    lq, lk = logits.shape[-2:]
+    tri = jnp.tril(jnp.ones((lq, lk), bool))
+    logits = jnp.where(tri, logits, -1e30)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  if dropout is not None:
+    probs = dropout(probs)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+class SelfAttention(nn.Module):
+  """timm `Attention`: fused qkv (q | k | v, heads of consecutive features), proj, dropouts."""
+  width: int
+  heads: int
+  attn_dropout: float = 0.0
+  proj_dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, key_mask=None, causal=False, *, deterministic: bool = True):
+    b, l, _ = x.shape
+    qkv = dense(3 * self.width, self.dtype, "qkv")(x)
+    qkv = qkv.reshape(b, l, 3, self.heads, self.width // self.heads)
+    drop = None
+    if self.attn_dropout > 0 and not deterministic:
+      drop = nn.Dropout(self.attn_dropout, deterministic=False)
+    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask, causal, drop)
+    out = dense(self.width, self.dtype, "proj")(out.reshape(b, l, self.width))
+    return nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
+
+
+class CrossAttention(nn.Module):
+  """Decoder cross-attention: q from the image tokens, kv (k | v) from the text tokens."""
+  width: int
+  heads: int
+  attn_dropout: float = 0.0
+  proj_dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, ctx, ctx_mask=None, *, deterministic: bool = True):
+    b, l, _ = x.shape
+    lc = ctx.shape[1]
+    dh = self.width // self.heads
+    q = dense(self.width, self.dtype, "q")(x).reshape(b, l, self.heads, dh)
+    kv = dense(2 * self.width, self.dtype, "kv")(ctx).reshape(b, lc, 2, self.heads, dh)
+    drop = None
+    if self.attn_dropout > 0 and not deterministic:
+      drop = nn.Dropout(self.attn_dropout, deterministic=False)
+    out = attention(q, kv[:, :, 0], kv[:, :, 1], ctx_mask, False, drop)
+    out = dense(self.width, self.dtype, "proj")(out.reshape(b, l, self.width))
+    return nn.Dropout(self.proj_dropout)(out, deterministic=deterministic)
+
+
+class Mlp(nn.Module):
+  """timm `Mlp`: fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
+  hidden: int
+  out: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, deterministic: bool = True):
+    x = gelu(dense(self.hidden, self.dtype, "fc1")(x))
+    x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+    x = dense(self.out, self.dtype, "fc2")(x)
+    return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+class Block(nn.Module):
+  """Pre-norm ViT block (timm `Block`, qkv bias): x += attn(norm1 x); x += mlp(norm2 x)."""
+  width: int
+  heads: int
+  mlp_dim: int
+  attn_dropout: float = 0.0
+  proj_dropout: float = 0.0
+  ln_eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, key_mask=None, *, deterministic: bool = True):
+    h = layer_norm(self.ln_eps, self.dtype, "norm1")(x)
+    x = x + SelfAttention(self.width, self.heads, self.attn_dropout, self.proj_dropout,
+                          self.dtype, name="attn")(h, key_mask, deterministic=deterministic)
+    h = layer_norm(self.ln_eps, self.dtype, "norm2")(x)
+    return x + Mlp(self.mlp_dim, self.width, self.proj_dropout, self.dtype, name="mlp")(
+        h, deterministic=deterministic)
+
+
+class DecoderBlock(nn.Module):
+  """DREAM decoder block: self-attention over all slots -> cross-attention to text -> MLP."""
+  width: int
+  heads: int
+  mlp_dim: int
+  attn_dropout: float = 0.0
+  proj_dropout: float = 0.0
+  ln_eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, ctx, ctx_mask=None, *, deterministic: bool = True):
+    args = (self.width, self.heads, self.attn_dropout, self.proj_dropout, self.dtype)
+    h = layer_norm(self.ln_eps, self.dtype, "norm0")(x)
+    x = x + SelfAttention(*args, name="self_attn")(h, deterministic=deterministic)
+    h = layer_norm(self.ln_eps, self.dtype, "norm1")(x)
+    x = x + CrossAttention(*args, name="cross_attn")(h, ctx, ctx_mask,
+                                                     deterministic=deterministic)
+    h = layer_norm(self.ln_eps, self.dtype, "norm2")(x)
+    return x + Mlp(self.mlp_dim, self.width, self.proj_dropout, self.dtype, name="mlp")(
+        h, deterministic=deterministic)
+
+
+class ClipResBlock(nn.Module):
+  """open_clip `ResidualAttentionBlock` (ln_1, attn in_proj/out_proj, ln_2, c_fc/c_proj)."""
+  width: int
+  heads: int
+  mlp_dim: int
+  ln_eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, key_mask=None):
+    b, l, _ = x.shape
+    h = layer_norm(self.ln_eps, self.dtype, "ln_1")(x)
+    qkv = dense(3 * self.width, self.dtype, "in_proj")(h)
+    qkv = qkv.reshape(b, l, 3, self.heads, self.width // self.heads)
+    a = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask, causal=True)
+    x = x + dense(self.width, self.dtype, "out_proj")(a.reshape(b, l, self.width))
+    h = layer_norm(self.ln_eps, self.dtype, "ln_2")(x)
+    h = dense(self.width, self.dtype, "c_proj")(gelu(dense(self.mlp_dim, self.dtype, "c_fc")(h)))
+    return x + h
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm matching torch (Sync)BatchNorm1d, statistics over the GLOBAL batch.
+
+  Training normalises with the biased batch variance and updates the running variance with
+  the UNBIASED one (torch semantics; Flax's BatchNorm uses the biased one). Running stats live
+  in the 'batch_stats' collection: running = momentum*running + (1-momentum)*batch, with
+  momentum 0.9 (= torch 0.1). Under jit with a batch-sharded input the mean/var reductions are
+  global, so the statistics do not depend on the device count.
+  """
+  eps: float = 1e-5
+  momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x, *, use_running_average: bool):
+    d = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
+    bias = self.param("bias", zeros, (d,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((d,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((d,), jnp.float32))
+    x32 = x.astype(jnp.float32)
+    if use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      mean = x32.mean(0)
+      var = jnp.square(x32 - mean).mean(0)
+      n = x32.shape[0]
+      if not self.is_initializing():
+        unbiased = var * (n / max(n - 1, 1))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    return y.astype(x.dtype)
