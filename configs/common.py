@@ -205,13 +205,25 @@ def base_config() -> ConfigDict:
 
   # ------------------------------------------------------------------- data
   c.data = ConfigDict()
-  c.data.name = "embedded"             # see dream_jax/data
+  c.data.name = "embedded"             # 'embedded'|'mnist'|'tfds'|'wds'|'folder'|'cache' (dream_jax/data)
   c.data.image_size = 256
   c.data.num_workers = 2               # grain read threads
   c.data.shuffle_buffer = 10_000
   c.data.random_flip = True
-  c.data.path = ""
+  c.data.path = ""                     # wds: shard pattern(s), glob/{000..099}/fsspec URL, ';'-separated;
+                                       # folder: image dir; tfds: data_dir ('' = TFDS_DATA_DIR); cache: dir
   c.data.eval_size = 256
+  c.data.eval_path = ""                # wds/folder/cache eval source ('' = the train source, overlaps it)
+  c.data.tfds_name = ""                # tfds: dataset name, built with --file_format=array_record
+  c.data.train_split = "train"         # tfds split names
+  c.data.eval_split = "validation"
+  c.data.image_key = "image"           # tfds image feature
+  c.data.caption_key = "caption"       # tfds feature path ('captions/text'), wds .json / folder field
+  c.data.captions_file = ""            # folder: CSV/TSV/JSONL of (file, caption); '' = captions.* in path
+  c.data.cache_dir = ""                # mnist: decoded .npy cache ('' = ~/.cache/dream_jax)
+  c.data.embedded_size = 100_000       # embedded: distinct train examples (held-out ones are separate)
+  c.data.max_objects = 2               # embedded: 1 or 2 objects per image
+  c.data.two_object_prob = 0.5         # embedded: share of two-object images
 
   # --------------------------------------------------------------- sampling
   c.sampling = ConfigDict()
