@@ -34,8 +34,9 @@ def dense(features: int, dtype: Dtype, name: Optional[str] = None, use_bias: boo
 
 
 def layer_norm(eps: float, dtype: Dtype, name: Optional[str] = None, affine: bool = True):
+  # use_fast_variance=False: E[(x-mean)^2] like torch, not E[x^2]-mean^2 (parity, bf16 safety).
   return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_bias=affine,
-                      use_scale=affine, name=name)
+                      use_scale=affine, use_fast_variance=False, name=name)
 
 
 def attention(q, k, v, key_mask=None, causal=False, dropout=None):
@@ -133,7 +134,7 @@ class Block(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, key_mask=None, *, deterministic: bool = True):
+  def __call__(self, x, key_mask=None, deterministic: bool = True):
     h = layer_norm(self.ln_eps, self.dtype, "norm1")(x)
     x = x + SelfAttention(self.width, self.heads, self.attn_dropout, self.proj_dropout,
                           self.dtype, name="attn")(h, key_mask, deterministic=deterministic)
@@ -153,7 +154,7 @@ class DecoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, ctx, ctx_mask=None, *, deterministic: bool = True):
+  def __call__(self, x, ctx, ctx_mask=None, deterministic: bool = True):
     args = (self.width, self.heads, self.attn_dropout, self.proj_dropout, self.dtype)
     h = layer_norm(self.ln_eps, self.dtype, "norm0")(x)
     x = x + SelfAttention(*args, name="self_attn")(h, deterministic=deterministic)

@@ -1,0 +1,63 @@
+"""Images <-> DREAM image tokens, for both tokenizer kinds.
+
+  'vae'      (paper) 256x256 RGB -> frozen SD KL-VAE posterior (sampled in training, scaled
+             by 0.18215) -> 32x32x4 latent -> 2x2 patches -> 256 tokens of dim 16.
+  'identity' (tiny runs) pixels in [-1, 1] cut directly into p x p patches (dim 3*p*p).
+
+`ImageTokens.to_tokens(frozen, batch, rng)` runs INSIDE the jitted step (DESIGN.md section 6:
+pipelines only decode/crop/flip; VAE sampling happens on device). It accepts either raw
+`image` [B,H,W,3] in [-1,1] or cached `latent_moments` [B,2,h,w,c] (mean, logvar).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from dream_jax.models.patchify import patchify, unpatchify
+
+
+class ImageTokens:
+  """Tokenizer of a config: `to_tokens`, `from_tokens`, and its frozen parameters."""
+
+  def __init__(self, config):
+    from configs.common import derived
+    self.cfg = config.tokenizer
+    self.kind = self.cfg.kind
+    d = derived(config)
+    self.patch, self.grid, self.channels = self.cfg.patch_size, d["grid"], d["channels"]
+    self.vae = None
+    if self.kind == "vae":
+      from dream_jax.pretrained.frozen import ImageTokenizerVAE  # frozen port, lazily
+      self.vae = ImageTokenizerVAE(self.cfg)
+
+  def init_frozen(self, rng=None):
+    """Frozen parameters ({} for identity): loaded from tokenizer.vae_path, or tiny random
+    weights when tokenizer.tiny_random (CPU smoke runs)."""
+    if self.vae is None:
+      return {}
+    if self.cfg.tiny_random:
+      return self.vae.init_params(rng if rng is not None else jax.random.key(0))
+    return self.vae.load_params()
+
+  def latents(self, frozen, batch, rng, sample: bool = True):
+    """Scaled latents [B,h,w,c] (or pixels for identity)."""
+    if self.kind == "identity":
+      return batch["image"].astype(jnp.float32)
+    if "latent_moments" in batch:
+      moments = batch["latent_moments"].astype(jnp.float32)
+    else:
+      moments = self.vae.encode_moments(frozen, batch["image"])
+    if sample and self.cfg.sample_posterior:
+      return self.vae.sample_latents(moments, rng)
+    return moments[:, 0] * self.vae.scale_factor
+
+  def to_tokens(self, frozen, batch, rng, sample: bool = True):
+    """[B, L, C] float32 tokens, gradient-stopped (the tokenizer is frozen)."""
+    return jax.lax.stop_gradient(patchify(self.latents(frozen, batch, rng, sample), self.patch))
+
+  def from_tokens(self, frozen, tokens):
+    """Tokens [B, L, C] -> images [B, H, W, 3] float32 in [-1, 1] (clipped)."""
+    x = unpatchify(tokens, self.patch, self.grid, self.channels)
+    if self.kind == "vae":
+      x = self.vae.decode_latents(frozen, x)
+    return jnp.clip(x, -1.0, 1.0)

@@ -1,0 +1,343 @@
+"""The DREAM network as one Flax Linen module with named methods.
+
+One masked ViT encoder over image tokens is the shared visual backbone:
+  * contrastive path: mean-pool ALL encoder outputs (buffer + visible) -> BatchNorm MLP ->
+    L2-normalised image embedding, against a CLIP text tower trained from scratch;
+  * generative path: decoder (self-attn over buffer + all positions, cross-attn to the text
+    condition from the aligner) -> per-token condition z -> diffusion MLP head.
+
+Other code never calls this module directly: `dream_jax.models.api.DreamModel` wraps each
+method as a pure function of the variables (`{'params', 'batch_stats'}`) with documented
+shapes and random streams. The methods here take a `deterministic` flag for dropout.
+
+Encoder outputs are kept in a POSITION-INDEXED layout: `hidden` [B, S, D] with S = buffer + L,
+slot i < buffer for buffer token i and slot buffer + p for image position p; `valid` [B, S]
+marks the slots that exist (buffer + visible). Both encoder paths return this layout, so the
+decoder, pooling and tests never care which path ran:
+  * 'drop' (MAE style): gather the visible positions in increasing order (as the reference)
+    into a static `num_keep` slots, run the blocks on buffer + num_keep tokens with padded
+    slots masked out of attention, scatter the results back. Cost per block ~ (buffer+K)
+    tokens; the api chooses K from a few static buckets with `lax.switch`.
+  * 'masked': all buffer + L tokens run, attention keys restricted to buffer + visible.
+    Cost ~ (buffer+L) tokens whatever the ratio; no gather/scatter.
+  For B/16 (buffer 64, L 256, D 768, 12 blocks, ~2*12*(12*D^2*S + 2*S^2*D) FLOPs per image
+  forward): at mask ratio 0.3 'drop' runs 64+180=244 tokens vs 320 (0.76x FLOPs); at 0.9,
+  64+26=90 tokens vs 320 (~0.27x). `benchmarks/train_step.py` prints the measured numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dream_jax.models import layers
+from dream_jax.models.diffusion_head import SimpleMLPAdaLN
+
+normal = nn.initializers.normal
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """Static sizes of a DREAM network (derived from a config by `spec_from_config`)."""
+  seq_len: int
+  token_dim: int
+  width: int
+  depth: int
+  heads: int
+  dec_width: int
+  dec_depth: int
+  dec_heads: int
+  mlp_dim: int
+  dec_mlp_dim: int
+  buffer_size: int
+  attn_dropout: float
+  proj_dropout: float
+  ln_eps: float
+  embed_dim: int
+  proj_hidden: int
+  bn_eps: float
+  bn_momentum: float
+  logit_scale_init: float
+  aligner_depth: int
+  cond_encoder: str
+  cond_dim: int
+  cond_len: int
+  text_vocab: int
+  text_ctx: int
+  text_width: int
+  text_layers: int
+  text_heads: int
+  text_mlp_dim: int
+  text_ln_eps: float
+  small_width: int
+  small_layers: int
+  small_heads: int
+  diff_depth: int
+  diff_width: int
+  dtype: str = "float32"
+  remat: bool = False
+
+
+def spec_from_config(config) -> ModelSpec:
+  from configs.common import derived  # configs is the single source of sizes
+  d = derived(config)
+  m, t = config.model, config.text
+  mlp = m.mlp_dim or int(m.width * m.mlp_ratio)
+  dec_mlp = m.mlp_dim or int(m.dec_width * m.mlp_ratio)
+  if t.cond_encoder in ("t5", "minilm"):
+    cond_dim, cond_len = t.cond_dim, t.cond_len
+  elif t.cond_encoder == "clip_tower":
+    cond_dim, cond_len = t.width, t.context_length
+  else:
+    cond_dim, cond_len = t.small_width, t.context_length
+  return ModelSpec(
+      seq_len=d["seq_len"], token_dim=d["token_dim"], width=m.width, depth=m.depth,
+      heads=m.heads, dec_width=m.dec_width, dec_depth=m.dec_depth, dec_heads=m.dec_heads,
+      mlp_dim=mlp, dec_mlp_dim=dec_mlp, buffer_size=m.buffer_size,
+      attn_dropout=m.attn_dropout, proj_dropout=m.proj_dropout, ln_eps=m.ln_eps,
+      embed_dim=m.embed_dim, proj_hidden=m.proj_hidden, bn_eps=m.bn_eps,
+      bn_momentum=m.bn_momentum, logit_scale_init=m.logit_scale_init,
+      aligner_depth=m.aligner_depth, cond_encoder=t.cond_encoder, cond_dim=cond_dim,
+      cond_len=cond_len, text_vocab=t.vocab_size, text_ctx=t.context_length,
+      text_width=t.width, text_layers=t.layers, text_heads=t.heads,
+      text_mlp_dim=int(t.width * t.mlp_ratio), text_ln_eps=t.ln_eps,
+      small_width=t.small_width, small_layers=t.small_layers, small_heads=t.small_heads,
+      diff_depth=m.diff_depth, diff_width=m.diff_width, dtype=config.compute_dtype,
+      remat=m.remat)
+
+
+class ProjectionMLP(nn.Module):
+  """Official `post_mlp_stablerep`: Linear-BN-ReLU-Linear-BN-ReLU-Linear (D->h->h->E)."""
+  hidden: int
+  out: int
+  bn_eps: float
+  bn_momentum: float
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x, *, use_running_average: bool):
+    for i in (1, 2):
+      x = layers.dense(self.hidden, self.dtype, f"layer{i}")(x)
+      x = layers.BatchNorm(self.bn_eps, self.bn_momentum, name=f"bn{i}")(
+          x, use_running_average=use_running_average)
+      x = nn.relu(x)
+    return layers.dense(self.out, self.dtype, "layer3")(x)
+
+
+class ClipTextTower(nn.Module):
+  """CLIP text transformer trained from scratch (open_clip layout).
+
+  Token + position embedding, causal residual blocks over all `ctx` positions, ln_final,
+  pooled at the FIRST end-of-text position (`eot_pos`), times `text_projection`.
+  """
+  spec: ModelSpec
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, ids, eot_pos):
+    s = self.spec
+    tok = self.param("token_embedding", normal(0.02), (s.text_vocab, s.text_width))
+    pos = self.param("positional_embedding", normal(0.01), (s.text_ctx, s.text_width))
+    proj = self.param("text_projection", normal(s.text_width ** -0.5),
+                      (s.text_width, s.embed_dim))
+    x = (jnp.take(tok, ids, axis=0) + pos[None, : ids.shape[1]]).astype(self.dtype)
+    for i in range(s.text_layers):
+      x = layers.ClipResBlock(s.text_width, s.text_heads, s.text_mlp_dim, s.text_ln_eps,
+                              self.dtype, name=f"resblocks_{i}")(x)
+    feats = layers.layer_norm(s.text_ln_eps, self.dtype, "ln_final")(x)
+    pooled = jnp.take_along_axis(feats, eot_pos[:, None, None], axis=1)[:, 0]
+    return pooled.astype(jnp.float32) @ proj, feats
+
+
+class SmallCondEncoder(nn.Module):
+  """Trainable condition encoder for runs without pretrained text weights.
+
+  Embedding + positions + bidirectional ViT blocks (padding keys masked) + LayerNorm.
+  ids [B, Lc] int32, mask [B, Lc] bool -> [B, Lc, small_width].
+  """
+  spec: ModelSpec
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, ids, mask, *, deterministic: bool):
+    s = self.spec
+    tok = self.param("token_embedding", normal(0.02), (s.text_vocab, s.small_width))
+    pos = self.param("pos_embed", normal(0.02), (s.text_ctx, s.small_width))
+    x = (jnp.take(tok, ids, axis=0) + pos[None, : ids.shape[1]]).astype(self.dtype)
+    for i in range(s.small_layers):
+      x = layers.Block(s.small_width, s.small_heads, 4 * s.small_width, 0.0, 0.0, s.ln_eps,
+                       self.dtype, name=f"blocks_{i}")(x, mask, deterministic=deterministic)
+    return layers.layer_norm(s.ln_eps, self.dtype, "norm")(x)
+
+
+class DREAM(nn.Module):
+  """The DREAM network. See the module docstring for the token layout."""
+  spec: ModelSpec
+
+  @property
+  def _dtype(self):
+    return jnp.dtype(self.spec.dtype)
+
+  def setup(self):
+    s, dt = self.spec, self._dtype
+    S = s.buffer_size + s.seq_len
+    block = nn.remat(layers.Block, static_argnums=(3,)) if s.remat else layers.Block
+    dec_block = nn.remat(layers.DecoderBlock, static_argnums=(4,)) if s.remat else (
+        layers.DecoderBlock)
+    # Encoder. The official code writes class_emb(label 0) into every buffer slot; for
+    # text-to-image that is one learned vector, stored [1, D] like one row of that table.
+    self.z_proj = layers.dense(s.width, dt)
+    self.buffer_embed = self.param("buffer_embed", normal(0.02), (1, s.width))
+    self.encoder_pos_embed = self.param("encoder_pos_embed", normal(0.02), (1, S, s.width))
+    self.z_proj_ln = layers.layer_norm(s.ln_eps, dt)
+    self.encoder_blocks = [
+        block(s.width, s.heads, s.mlp_dim, s.attn_dropout, s.proj_dropout, s.ln_eps, dt)
+        for _ in range(s.depth)]
+    self.encoder_norm = layers.layer_norm(s.ln_eps, dt)
+    # Contrastive heads.
+    self.image_projection = ProjectionMLP(s.proj_hidden, s.embed_dim, s.bn_eps,
+                                          s.bn_momentum, dt)
+    self.text_tower = ClipTextTower(s, dt)
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(s.logit_scale_init),
+                                  ())
+    # Generation condition: optional trainable encoder, then the aligner.
+    if s.cond_encoder == "small":
+      self.cond_encoder = SmallCondEncoder(s, dt)
+    self.text_proj = layers.dense(s.dec_width, dt)
+    self.text_pos_embed = self.param("text_pos_embed", nn.initializers.zeros,
+                                     (1, s.cond_len, s.dec_width))
+    self.text_proj_ln = layers.layer_norm(s.ln_eps, dt)
+    self.text_aligner = [
+        block(s.dec_width, s.dec_heads, s.dec_mlp_dim, s.attn_dropout, s.proj_dropout,
+              s.ln_eps, dt) for _ in range(s.aligner_depth)]
+    # Decoder.
+    self.decoder_embed = layers.dense(s.dec_width, dt)
+    self.mask_token = self.param("mask_token", normal(0.02), (1, 1, s.dec_width))
+    self.decoder_pos_embed = self.param("decoder_pos_embed", normal(0.02), (1, S, s.dec_width))
+    self.decoder_proj_ln = layers.layer_norm(s.ln_eps, dt)
+    self.decoder_blocks = [
+        dec_block(s.dec_width, s.dec_heads, s.dec_mlp_dim, s.attn_dropout, s.proj_dropout,
+                  s.ln_eps, dt) for _ in range(s.dec_depth)]
+    self.decoder_norm = layers.layer_norm(s.ln_eps, dt)
+    self.diffusion_pos_embed = self.param("diffusion_pos_embed", normal(0.02),
+                                          (1, s.seq_len, s.dec_width))
+    self.diffloss = SimpleMLPAdaLN(in_channels=s.token_dim, width=s.diff_width,
+                                   depth=s.diff_depth, out_channels=2 * s.token_dim, dtype=dt)
+
+  # ------------------------------------------------------------------ encoder
+  def encode(self, tokens, visible, num_keep: Optional[int] = None,
+             deterministic: bool = True):
+    """Masked encoder.
+
+    Args:
+      tokens: [B, L, token_dim] float32 image tokens (masked ones may hold anything).
+      visible: [B, L] bool, True = the encoder sees this position.
+      num_keep: None -> full-length attention-masked path; an int K -> token-dropping path
+        with K static slots (must be >= the largest visible count in the batch; extra slots
+        are padding masked out of attention).
+    Returns:
+      hidden [B, buffer+L, D] (position-indexed; invalid slots are 0), valid [B, buffer+L].
+    """
+    s = self.spec
+    b, l, _ = tokens.shape
+    x = self.z_proj(tokens.astype(self._dtype))
+    buf = jnp.broadcast_to(self.buffer_embed[None].astype(x.dtype), (b, s.buffer_size, s.width))
+    x = jnp.concatenate([buf, x], axis=1) + self.encoder_pos_embed.astype(x.dtype)
+    x = self.z_proj_ln(x)
+    valid = jnp.concatenate([jnp.ones((b, s.buffer_size), bool), visible], axis=1)
+    if num_keep is None:
+      h = x
+      for blk in self.encoder_blocks:
+        h = blk(h, valid, deterministic)
+      h = self.encoder_norm(h)
+      return jnp.where(valid[..., None], h, 0).astype(jnp.float32), valid
+    # Token dropping: visible positions first, in increasing position order (stable sort).
+    order = jnp.argsort(~visible, axis=1, stable=True)[:, :num_keep]          # [B, K]
+    n_vis = visible.sum(axis=1)
+    slot_ok = jnp.arange(num_keep)[None, :] < n_vis[:, None]                  # [B, K]
+    kept = jnp.take_along_axis(x[:, s.buffer_size:], order[..., None], axis=1)
+    h = jnp.concatenate([x[:, : s.buffer_size], kept], axis=1)
+    key_ok = jnp.concatenate([jnp.ones((b, s.buffer_size), bool), slot_ok], axis=1)
+    for blk in self.encoder_blocks:
+      h = blk(h, key_ok, deterministic)
+    h = self.encoder_norm(h).astype(jnp.float32)
+    # Scatter back to the position-indexed layout; padding slots write to a dummy row.
+    target = jnp.where(slot_ok, order, l)                                     # [B, K]
+    img = jnp.zeros((b, l + 1, s.width), jnp.float32)
+    img = img.at[jnp.arange(b)[:, None], target].set(h[:, s.buffer_size:])[:, :l]
+    return jnp.concatenate([h[:, : s.buffer_size], img], axis=1), valid
+
+  def project_image(self, hidden, valid, use_running_average: bool = True):
+    """Mean over ALL valid encoder outputs (buffer + visible) -> BN-MLP -> L2 norm: [B, E]."""
+    w = valid.astype(jnp.float32)[..., None]
+    pooled = (hidden * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+    emb = self.image_projection(pooled, use_running_average=use_running_average)
+    return l2_normalize(emb.astype(jnp.float32))
+
+  # --------------------------------------------------------------------- text
+  def embed_text(self, ids, eot_pos):
+    """CLIP text tower: ids [B, ctx] int32, eot_pos [B] int32 ->
+    (embedding [B, E] L2-normalised float32, token features [B, ctx, text_width])."""
+    pooled, feats = self.text_tower(ids, eot_pos)
+    return l2_normalize(pooled), feats
+
+  def condition(self, features=None, mask=None, ids=None, *, deterministic: bool = True,
+                text_feats=None):
+    """Generation condition tokens for the decoder's cross-attention.
+
+    Inputs by `cond_encoder`: 't5'/'minilm' -> `features` [B, Lc, cond_dim] from the frozen
+    encoder; 'small' -> `ids` [B, Lc] (+ `mask`); 'clip_tower' -> `text_feats` (the CLIP
+    tower's ln_final tokens). Returns [B, Lc, dec_width]: text_proj -> + position embedding
+    -> LayerNorm -> aligner blocks (decoder width/heads/mlp). `mask` [B, Lc] bool is used
+    only when the caller asks for padding masking (the reference attends to pads).
+    """
+    s = self.spec
+    if s.cond_encoder == "small":
+      features = self.cond_encoder(ids, mask if mask is not None else ids >= 0,
+                                   deterministic=deterministic)
+    elif s.cond_encoder == "clip_tower":
+      features = text_feats
+    x = self.text_proj(features.astype(self._dtype))
+    x = self.text_proj_ln(x + self.text_pos_embed[:, : x.shape[1]].astype(x.dtype))
+    for blk in self.text_aligner:
+      x = blk(x, mask, deterministic)
+    return x
+
+  # ------------------------------------------------------------------ decoder
+  def decode(self, hidden, valid, ctx, ctx_mask=None, deterministic: bool = True):
+    """hidden/valid (position-indexed encoder output), ctx [B, Lc, dec_width] ->
+    z [B, L, dec_width] float32, the per-token condition of the diffusion head."""
+    s = self.spec
+    x = self.decoder_embed(hidden.astype(self._dtype))
+    x = jnp.where(valid[..., None], x, self.mask_token.astype(x.dtype))
+    x = self.decoder_proj_ln(x + self.decoder_pos_embed.astype(x.dtype))
+    for blk in self.decoder_blocks:
+      x = blk(x, ctx, ctx_mask, deterministic)
+    x = self.decoder_norm(x)[:, s.buffer_size:]
+    return (x + self.diffusion_pos_embed.astype(x.dtype)).astype(jnp.float32)
+
+  # ----------------------------------------------------------- diffusion head
+  def diffusion_net(self, x, t, z):
+    """Per-token head: x [N, token_dim], t [N] int32 (original timesteps), z [N, dec_width]
+    -> [N, 2*token_dim] float32 (eps | variance interpolation values)."""
+    return self.diffloss(x, t, z).astype(jnp.float32)
+
+  def __call__(self, tokens, visible, clip_ids, eot_pos, cond):
+    """Runs every part once (used by `init`)."""
+    hidden, valid = self.encode(tokens, visible)
+    emb = self.project_image(hidden, valid, use_running_average=False)
+    temb, feats = self.embed_text(clip_ids, eot_pos)
+    ctx = self.condition(text_feats=feats, **cond)
+    z = self.decode(hidden, valid, ctx)
+    n = tokens.shape[0] * tokens.shape[1]
+    out = self.diffusion_net(tokens.reshape(n, -1), jnp.zeros((n,), jnp.int32),
+                             z.reshape(n, -1))
+    return emb, temb, out
+
+
+def l2_normalize(x, eps: float = 1e-12):
+  """torch F.normalize semantics: x / max(||x||, eps)."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
