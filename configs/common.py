@@ -293,12 +293,21 @@ def runlocal(c: ConfigDict) -> None:
                  aligner_depth=1, diff_depth=1, diff_width=32, diffusion_batch_mul=2,
                  num_sampling_steps="10", encoder_buckets=2, diffusion_buckets=2)
   c.tokenizer.update(image_size=32, tiny_random=True)
-  c.text.update(tokenizer="word", context_length=16, width=32, layers=1, heads=2,
-                tiny_random=True, cond_len=16, cond_dim=32)
+  use_embedded_vocab(c, context_length=16)
+  c.text.update(width=32, layers=1, heads=2, tiny_random=True, cond_len=16, cond_dim=32)
   c.masking.group_size = 4
   c.data.update(name="embedded", image_size=32, num_workers=1, shuffle_buffer=64, eval_size=16)
   c.sampling.update(num_steps=4, num_diffusion_steps="5", sad_candidates=2, sad_step=2)
   c.ckpt.update(every=2, keep=2)
+
+
+def use_embedded_vocab(c: ConfigDict, context_length: int) -> None:
+  """Word tokenizer over the embedded dataset's caption vocabulary (no vocab file needed)."""
+  from dream_jax.data.embedded import VOCAB
+  c.text.tokenizer = "word"
+  c.text.word_vocab = tuple(VOCAB)
+  c.text.vocab_size = len(VOCAB) + 4  # + pad, unk, sot, eot (WordTokenizer)
+  c.text.context_length = context_length
 
 
 def finalize(c: ConfigDict) -> ConfigDict:
@@ -338,6 +347,11 @@ def validate(c: ConfigDict) -> None:
   need(c.model.diffusion_buckets >= 1, "model.diffusion_buckets", "must be >= 1")
   need(c.tokenizer.kind in ("vae", "identity"), "tokenizer.kind", "'vae' or 'identity'")
   need(c.text.tokenizer in ("clip_bpe", "word"), "text.tokenizer", "'clip_bpe' or 'word'")
+  if c.text.tokenizer == "word":
+    need(c.text.vocab_size >= len(c.text.word_vocab) + 4, "text.vocab_size",
+         f"{c.text.vocab_size} < {len(c.text.word_vocab) + 4} ids of the word tokenizer")
+  else:
+    need(c.text.vocab_size >= 49408, "text.vocab_size", "CLIP BPE needs 49408 ids")
   need(c.text.cond_encoder in ("t5", "minilm", "clip_tower", "small"), "text.cond_encoder",
        "'t5', 'minilm', 'clip_tower' or 'small'")
   need(c.masking.kind in ("truncnorm", "uniform", "fixed", "none"), "masking.kind",
