@@ -21,7 +21,7 @@ import json
 import os
 import re
 import struct
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -127,14 +127,76 @@ def torch_key_to_path(key: str) -> tuple[tuple[str, ...], str]:
   return tuple(path), leaf
 
 
-def _convert_leaf(value: np.ndarray, leaf: str, target_leaf: str) -> np.ndarray:
-  if target_leaf == "kernel":
-    if value.ndim == 4:   # Conv2d OIHW -> HWIO
-      return np.transpose(value, (2, 3, 1, 0))
-    if value.ndim == 2:   # Linear [out, in] -> [in, out]
-      return value.T
-    raise ValueError(f"cannot map a {value.ndim}-d {leaf} onto a kernel")
-  return value
+def plan_conversion(shapes: Mapping[str, Sequence[int]], target: Mapping, *,
+                    rename: Callable[[str], str | None] | None = None,
+                    ignore: Iterable[str] = ()) -> dict[str, tuple[tuple[str, ...], str]]:
+  """Matches torch keys to Flax leaves using shapes only (no tensor data needed).
+
+  Args:
+    shapes: {torch key: shape} (e.g. from a `meta`-device model, or a real state dict).
+    target: nested dict of arrays or ShapeDtypeStructs (e.g. `jax.eval_shape(init)`),
+      the params collection only.
+    rename: optional torch-key rewrite applied first (return None to drop a key), for
+      legacy names (e.g. diffusers' old `query/key/value/proj_attn`).
+    ignore: regexes of (renamed) torch keys expected to have no Flax counterpart (tied
+      embeddings, buffers, heads we do not port).
+
+  Returns {torch key: (flax path, how)} with `how` in {'copy', 'linear', 'conv', 'conv1x1'}.
+  Raises ValueError listing every missing target leaf, unexpected torch key and shape
+  mismatch at once, so one run shows the whole difference.
+  """
+  flat_target = traverse_util.flatten_dict(dict(target))
+  ignore_res = [re.compile(p) for p in ignore]
+  plan, unexpected, mismatched = {}, [], []
+  for key, shape in shapes.items():
+    shape = tuple(int(d) for d in shape)
+    new_key = rename(key) if rename else key
+    if new_key is None or any(r.fullmatch(new_key) for r in ignore_res):
+      continue
+    path, leaf = torch_key_to_path(new_key)
+    if leaf in ("weight", "gamma"):
+      candidates = ("kernel", "embedding", "scale")
+    elif leaf in ("bias", "beta"):
+      candidates = ("bias",)
+    else:
+      candidates = (leaf,)
+    found = [c for c in candidates if path + (c,) in flat_target]
+    if not found:
+      unexpected.append(f"{key} {shape}")
+      continue
+    tgt = path + (found[0],)
+    want = tuple(flat_target[tgt].shape)
+    how, got = "copy", shape
+    if found[0] == "kernel" and len(shape) == 4 and len(want) == 2:
+      how, got = "conv1x1", (shape[1], shape[0])  # legacy 1x1-conv attention projections
+    elif found[0] == "kernel" and len(shape) == 4:
+      how, got = "conv", (shape[2], shape[3], shape[1], shape[0])  # OIHW -> HWIO
+    elif found[0] == "kernel" and len(shape) == 2:
+      how, got = "linear", (shape[1], shape[0])  # [out, in] -> [in, out]
+    if got != want:
+      mismatched.append(f"{key} {shape} -> {'/'.join(tgt)} expects {want}")
+      continue
+    plan[key] = (tgt, how)
+  done = {v[0] for v in plan.values()}
+  missing = [f"{'/'.join(k)} {tuple(v.shape)}" for k, v in flat_target.items() if k not in done]
+  if missing or unexpected or mismatched:
+    lines = []
+    for title, items in (("missing in checkpoint", missing),
+                         ("unexpected in checkpoint", unexpected),
+                         ("shape mismatch", mismatched)):
+      if items:
+        lines.append(f"{title} ({len(items)}): " + "; ".join(items[:20])
+                     + (" ..." if len(items) > 20 else ""))
+    raise ValueError("Checkpoint does not match the Flax architecture:\n" + "\n".join(lines))
+  return plan
+
+
+_TRANSFORMS = {
+    "copy": lambda a: a,
+    "linear": lambda a: a.T,
+    "conv": lambda a: np.transpose(a, (2, 3, 1, 0)),
+    "conv1x1": lambda a: a[:, :, 0, 0].T,
+}
 
 
 def torch_to_flax(state: Mapping[str, np.ndarray], target: Mapping, *,
@@ -142,60 +204,17 @@ def torch_to_flax(state: Mapping[str, np.ndarray], target: Mapping, *,
                   ignore: Iterable[str] = (), dtype=np.float32) -> dict:
   """Maps a torch state dict onto a Flax param tree with the shapes of `target`.
 
-  Args:
-    state: {torch key: array}.
-    target: nested dict of arrays or ShapeDtypeStructs (e.g. `jax.eval_shape(init)`),
-      the params collection only.
-    rename: optional torch-key rewrite applied first (return None to drop a key), for
-      legacy names (e.g. diffusers' old `query/key/value/proj_attn`).
-    ignore: regexes of torch keys that are expected to have no Flax counterpart
-      (tied embeddings, buffers, heads we do not port).
-    dtype: floating params are cast to this dtype.
-
-  Returns: the nested params dict. Raises ValueError listing every missing target leaf,
-  unexpected torch key and shape mismatch (all at once, so one run shows the whole diff).
+  See `plan_conversion` for `rename`/`ignore` and the errors. Floating params are cast to
+  `dtype` (float32 by default, also for bf16/fp16 checkpoints).
   """
-  flat_target = traverse_util.flatten_dict(dict(target))
-  ignore_res = [re.compile(p) for p in ignore]
-  out, unexpected, mismatched = {}, [], []
-  for key, value in state.items():
-    new_key = rename(key) if rename else key
-    if new_key is None or any(r.fullmatch(new_key) for r in ignore_res):
-      continue
-    path, leaf = torch_key_to_path(new_key)
-    if leaf == "bias":
-      candidates = ("bias",)
-    elif leaf in ("weight", "gamma"):
-      candidates = ("kernel", "embedding", "scale")
-    elif leaf == "beta":
-      candidates = ("bias",)
-    else:
-      candidates = (leaf,)
-    found = [c for c in candidates if path + (c,) in flat_target]
-    if not found:
-      unexpected.append(f"{key} {tuple(value.shape)}")
-      continue
-    tgt = path + (found[0],)
-    arr = _convert_leaf(np.asarray(value), leaf, found[0])
-    if found[0] == "kernel" and value.ndim == 4 and len(flat_target[tgt].shape) == 2:
-      arr = np.asarray(value)[:, :, 0, 0].T  # legacy 1x1-conv attention projections
-    if tuple(arr.shape) != tuple(flat_target[tgt].shape):
-      mismatched.append(f"{key} {tuple(value.shape)} -> {'/'.join(tgt)} "
-                        f"expects {tuple(flat_target[tgt].shape)}")
-      continue
+  plan = plan_conversion({k: np.shape(v) for k, v in state.items()}, target,
+                         rename=rename, ignore=ignore)
+  out = {}
+  for key, (tgt, how) in plan.items():
+    arr = _TRANSFORMS[how](np.asarray(state[key]))
     if np.issubdtype(arr.dtype, np.floating) or arr.dtype == ml_dtypes.bfloat16:
       arr = arr.astype(dtype)
-    out[tgt] = arr
-  missing = [f"{'/'.join(k)} {tuple(v.shape)}" for k, v in flat_target.items() if k not in out]
-  if missing or unexpected or mismatched:
-    lines = []
-    for title, items in (("missing in checkpoint", missing), ("unexpected in checkpoint",
-                                                              unexpected),
-                         ("shape mismatch", mismatched)):
-      if items:
-        lines.append(f"{title} ({len(items)}): " + "; ".join(items[:20])
-                     + (" ..." if len(items) > 20 else ""))
-    raise ValueError("Checkpoint does not match the Flax architecture:\n" + "\n".join(lines))
+    out[tgt] = np.ascontiguousarray(arr)
   return traverse_util.unflatten_dict(out)
 
 
