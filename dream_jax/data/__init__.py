@@ -130,6 +130,7 @@ def _open_source(config, split: str):
   if name == "cache":
     from dream_jax.data.cache import CacheSource
     src = CacheSource(path)
+    src.check_config(config)
     return src, dict(cache=src.meta)
   raise ValueError(f"config.data.name must be one of {SOURCES}, got {name!r}")
 
