@@ -358,3 +358,13 @@ def test_cache_build_resume_and_read(tmp_path):
   c.text.context_length = 20
   with pytest.raises(ValueError, match="config.text.context_length"):
     make_dataset(c, "train", process_index=0, process_count=1)
+
+
+def test_inspect_reports_skips(shard_dir):
+  from dream_jax.data.inspect import inspect_pipeline
+
+  c = _config("wds", path=str(shard_dir / "*.tar"))
+  out = json.loads(json.dumps(inspect_pipeline(c, num_batches=10)))
+  assert out["batches"] == 10 and out["examples"] == 40 and out["examples_per_s"] > 0
+  assert set(out["skipped"]) <= {"truncated", "undecodable", "empty_caption", "missing_caption"}
+  assert sum(out["skipped"].values()) > 0 and out["keys"]["image"] == [[4, 16, 16, 3], "float32"]
