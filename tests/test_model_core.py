@@ -1,0 +1,339 @@
+"""Model-core invariants: tokens, masking, warmup, encoder paths, no leak, losses, sharding."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from configs import common
+from dream_jax import losses, masking
+from dream_jax.models.patchify import patchify, unpatchify
+
+
+def tiny_config(**model):
+  c = common.base_config()
+  common.runlocal(c)
+  c.tokenizer.kind = "identity"
+  c.tokenizer.image_size = 16          # 8x8 grid of 2x2 pixel patches: L = 64, C = 12
+  c.text.cond_encoder = "small"
+  c.text.small_width, c.text.small_layers, c.text.small_heads = 16, 1, 2
+  c.model.update(encoder_buckets=1, diffusion_buckets=1, attn_dropout=0.0, proj_dropout=0.0)
+  c.model.update(**model)
+  return common.finalize(c)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  from dream_jax.models.api import DreamModel
+  cfg = tiny_config()
+  model = DreamModel(cfg)
+  return cfg, model, model.init(jax.random.key(0))
+
+
+# ------------------------------------------------------------------ tokens
+@pytest.mark.parametrize("p,c,h", [(2, 4, 8), (2, 3, 16), (4, 3, 16), (1, 4, 4)])
+def test_patchify_round_trip(p, c, h):
+  x = jax.random.normal(jax.random.key(0), (3, h, h, c))
+  t = patchify(x, p)
+  assert t.shape == (3, (h // p) ** 2, c * p * p)
+  np.testing.assert_array_equal(unpatchify(t, p, h // p, c), x)
+
+
+def test_patchify_channel_major_layout():
+  x = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+  t = np.asarray(patchify(jnp.asarray(x), 2))
+  # token 1 = patch row 0, col 1; feature channel*4 + dy*2 + dx
+  for ch in range(3):
+    for dy in range(2):
+      for dx in range(2):
+        assert t[1, 1, ch * 4 + dy * 2 + dx] == x[1, dy, 2 + dx, ch]
+
+
+# ----------------------------------------------------------------- masking
+def test_exact_mask_counts_and_groups():
+  cfg = ConfigDict(dict(kind="truncnorm", std=0.45, min=0.0, max=1.0, group_size=4))
+  m = masking.sample_masks(jax.random.key(3), 32, 64, 0.6, cfg)
+  counts = np.asarray(m["mask"].sum(1))
+  r = np.asarray(m["ratio"], np.float32)
+  np.testing.assert_array_equal(counts, np.ceil(r * np.float32(64)).astype(int))
+  # one ratio per fixed slice of group_size samples
+  np.testing.assert_array_equal(r.reshape(8, 4), np.repeat(np.asarray(m["ratio_group"]), 4)
+                                .reshape(8, 4))
+  # masked positions are the first n entries of each order
+  orders, mask = np.asarray(m["orders"]), np.asarray(m["mask"])
+  for b in range(32):
+    assert set(orders[b, :counts[b]]) == set(np.nonzero(mask[b])[0])
+    assert sorted(orders[b]) == list(range(64))
+
+
+@pytest.mark.parametrize("center", [0.0, 0.3, 0.5, 1.0])
+def test_truncated_normal_moments(center):
+  x = masking.truncated_normal(jax.random.key(1), (200_000,), center, 0.45, 0.0, 1.0)
+  x = np.asarray(x, np.float64)
+  assert x.min() >= 0.0 and x.max() <= 1.0
+  expect = float(masking.truncated_normal_mean(center, 0.45, 0.0, 1.0))
+  se = x.std() / math.sqrt(x.size)
+  assert abs(x.mean() - expect) < 5 * se + 1e-4, (x.mean(), expect)
+  # closed-form check of the closed form itself at the symmetric centre
+  if center == 0.5:
+    assert abs(expect - 0.5) < 1e-6
+
+
+def test_fluid_bounds():
+  x = masking.truncated_normal(jax.random.key(2), (10_000,), 1.0, 0.25, 0.7, 1.0)
+  assert float(x.min()) >= 0.7 and float(x.max()) <= 1.0
+
+
+@pytest.mark.parametrize("shape", ["linear", "cosine"])
+def test_warmup_endpoints_and_shape(shape):
+  cfg = ConfigDict(dict(center_start=0.0, center_end=1.0, warmup_start=0.0,
+                        warmup_end=0.75, shape=shape))
+  f = lambda p: float(masking.mask_ratio_center(p, cfg))
+  assert f(0.0) == 0.0 and f(0.75) == 1.0 and f(1.0) == 1.0
+  assert abs(f(0.375) - 0.5) < 1e-6  # midpoint of both shapes
+  vals = [f(p) for p in np.linspace(0, 1, 41)]
+  assert all(b >= a for a, b in zip(vals, vals[1:]))
+  if shape == "linear":
+    assert abs(f(0.15) - 0.2) < 1e-6
+  else:
+    assert abs(f(0.15) - 0.5 * (1 - math.cos(math.pi * 0.2))) < 1e-6
+
+
+def test_nowarmup_recipe_is_constant():
+  c = common.base_config()
+  common.apply_recipe(c, "nowarmup")
+  assert float(masking.mask_ratio_center(0.0, c.masking)) == 1.0
+
+
+# ---------------------------------------------------------------- encoder
+def _inputs(model, b=6, seed=0):
+  s = model.spec
+  k1, k2 = jax.random.split(jax.random.key(seed))
+  tokens = jax.random.normal(k1, (b, s.seq_len, s.token_dim))
+  # different visible counts per sample, including 0 and all
+  n_vis = jnp.array([0, 1, 5, 17, 40, 64][:b])
+  orders = masking.random_orders(k2, b, s.seq_len)
+  visible = ~masking.mask_from_orders(orders, s.seq_len - n_vis)
+  return tokens, visible
+
+
+def test_encoder_paths_agree(tiny):
+  from dream_jax.models.dream import DREAM
+  _, model, v = tiny
+  tokens, visible = _inputs(model)
+  h_full, valid_full = model._apply(v, tokens, visible, None, True, method=DREAM.encode)
+  # num_keep must cover the largest visible count: 64 for all six samples, 40 for the first 5
+  for keep, n in ((64, 6), (40, 5), (50, 5)):
+    h_drop, valid_drop = model.encode_tokens(v, tokens[:n], visible[:n], num_keep=keep)
+    np.testing.assert_array_equal(valid_drop, valid_full[:n])
+    np.testing.assert_allclose(h_drop, h_full[:n], atol=2e-5, rtol=2e-5)
+  e_full, _ = model.project(v, h_full, valid_full)
+  e_drop, _ = model.project(v, *model.encode_tokens(v, tokens, visible, num_keep=64))
+  np.testing.assert_allclose(e_drop, e_full, atol=2e-5)
+
+
+def test_bucketed_encoder_matches_full_length():
+  from dream_jax.models.api import DreamModel, bucket_sizes
+  assert bucket_sizes(64, 4) == (16, 32, 48, 64)
+  m4 = DreamModel(tiny_config(encoder_buckets=4))
+  m_full = DreamModel(tiny_config(encoder_path="masked"))
+  v = m4.init(jax.random.key(0))
+  tokens, visible = _inputs(m4)
+  visible = visible.at[:, 20:].set(False)   # max 20 visible -> bucket 32
+  a = jax.jit(lambda t, vis: m4.encode_image(v, t, vis).embedding)(tokens, visible)
+  b = m_full.encode_image(v, tokens, visible).embedding
+  np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@pytest.mark.parametrize("path", ["drop", "masked"])
+def test_no_leak_from_masked_tokens(tiny, path):
+  _, model, v = tiny
+  tokens, visible = _inputs(model)
+  keep = 64 if path == "drop" else None
+  other = jnp.where(visible[..., None], tokens, 100.0 * jax.random.normal(
+      jax.random.key(9), tokens.shape))
+  from dream_jax.models.dream import DREAM
+  enc = lambda t: (model.encode_tokens(v, t, visible, num_keep=keep) if keep else
+                   model._apply(v, t, visible, None, True, method=DREAM.encode))
+  h1, val = enc(tokens)
+  h2, _ = enc(other)
+  np.testing.assert_array_equal(np.asarray(h1), np.asarray(h2))
+  e1, _ = model.project(v, h1, val)
+  e2, _ = model.project(v, h2, val)
+  np.testing.assert_array_equal(np.asarray(e1), np.asarray(e2))
+  # ... and the decoder's z does not depend on them either
+  ctx = model.condition(v, dict(ids=jnp.ones((6, 16), jnp.int32), mask=jnp.ones((6, 16), bool)))
+  np.testing.assert_array_equal(np.asarray(model.decode(v, h1, val, ctx)),
+                                np.asarray(model.decode(v, h2, val, ctx)))
+
+
+def test_diffusion_head_only_on_counting_tokens_is_exact():
+  """Bucketed head on counting rows == head on every row then masked: loss AND grads."""
+  from dream_jax.models.api import DreamModel
+  m_b = DreamModel(tiny_config(diffusion_buckets=4))
+  m_1 = DreamModel(tiny_config(diffusion_buckets=1))
+  v = m_b.init(jax.random.key(0))
+  b, l = 4, m_b.spec.seq_len
+  z = jax.random.normal(jax.random.key(1), (b, l, m_b.spec.dec_width))
+  x = jax.random.normal(jax.random.key(2), (b, l, m_b.spec.token_dim))
+  w = (jax.random.uniform(jax.random.key(3), (b, l)) < 0.2) / 50.0
+  def f(model):
+    return jax.jit(jax.value_and_grad(
+        lambda p, z: model.diffusion_loss({"params": p}, z, x, w, jax.random.key(4))[0],
+        argnums=(0, 1)))(v["params"], z)
+  (lb, gb), (l1, g1) = f(m_b), f(m_1)
+  np.testing.assert_allclose(lb, l1, rtol=1e-6)
+  for a, c in zip(jax.tree.leaves(gb), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, c, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ losses
+def _np_clip(img, txt, scale, c):
+  logits = scale * img @ txt.T
+  def ce_rows(lg):
+    lse = np.log(np.exp(lg - lg.max(1, keepdims=True)).sum(1)) + lg.max(1)
+    return lse - np.diag(lg)
+  i2t = ce_rows(logits)
+  t2i = ce_rows(np.where(c[:, None], logits, -1e9).T)
+  per = 0.5 * (i2t + t2i)
+  return per[c].sum() / max(c.sum(), 1)
+
+
+def test_clip_loss_filters_against_numpy():
+  rng = np.random.default_rng(0)
+  img = rng.normal(size=(6, 8)); img /= np.linalg.norm(img, axis=1, keepdims=True)
+  txt = rng.normal(size=(6, 8)); txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+  for c in ([1, 1, 1, 1, 1, 1], [1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 1]):
+    c = np.array(c, bool)
+    loss, frac = losses.clip_loss(jnp.asarray(img, jnp.float32), jnp.asarray(txt, jnp.float32),
+                                  14.0, jnp.asarray(c))
+    np.testing.assert_allclose(loss, _np_clip(img, txt, 14.0, c), rtol=1e-5)
+    assert float(frac) == pytest.approx(c.mean(), rel=1e-6)
+
+
+def test_nothing_contributes_is_zero_with_finite_gradients():
+  img = jax.random.normal(jax.random.key(0), (4, 8))
+  txt = jax.random.normal(jax.random.key(1), (4, 8))
+  f = lambda i, t: losses.clip_loss(i, t, 10.0, jnp.zeros((4,), bool))[0]
+  val, grads = jax.value_and_grad(f, argnums=(0, 1))(img, txt)
+  assert float(val) == 0.0
+  assert all(bool(jnp.isfinite(g).all()) and float(jnp.abs(g).max()) == 0 for g in grads)
+  # diffusion: no masked token anywhere (the CLIP-only recipe)
+  w, gate = losses.diffusion_token_weights(jnp.zeros((8, 16), bool), 4, 0.5)
+  assert float(w.sum()) == 0.0 and not bool(gate.any())
+
+
+def test_diffusion_group_gate_and_denominator():
+  # 3 groups of 2 samples x 4 tokens. ratios: g0 0.75 (on), g1 0.25 (off), g2 0.5 (on: not < 0.5)
+  mask = np.zeros((6, 4), bool)
+  mask[0, :3] = mask[1, :3] = True
+  mask[2, :1] = mask[3, :1] = True
+  mask[4, :2] = mask[5, :2] = True
+  w, gate = losses.diffusion_token_weights(jnp.asarray(mask), 2, 0.5)
+  np.testing.assert_array_equal(gate, [True, False, True])
+  per_tok = np.arange(24, dtype=np.float32).reshape(6, 4)
+  expect = (per_tok[:2][mask[:2]].mean() + 0.0 + per_tok[4:][mask[4:]].mean()) / 3
+  np.testing.assert_allclose((np.asarray(w) * per_tok).sum(), expect, rtol=1e-6)
+
+
+def test_objective_finite_gradients_in_edge_recipes():
+  """CLIP-only (nothing masked) and Fluid (nothing contributes to CLIP): finite grads."""
+  from dream_jax.models.api import DreamModel
+  from dream_jax.objective import DreamObjective
+  from dream_jax.tokenizers.word import WordTokenizer
+  for recipe in ("clip", "fluid"):
+    cfg = tiny_config()
+    common.apply_recipe(cfg, recipe)
+    if recipe == "fluid":
+      cfg.loss.w_contrastive = 0.005  # keep the term: every sample is filtered out
+    model = DreamModel(cfg)
+    v = model.init(jax.random.key(0))
+    tok = WordTokenizer(cfg.text.word_vocab, cfg.text.context_length)
+    u = tok.encode([""])
+    obj = DreamObjective(model, cfg, eot_id=tok.eot_id,
+                         uncond=dict(clip_ids=u, cond_ids=u, cond_mask=tok.padding_mask(u)))
+    ids = tok.encode(["a red circle"] * 8)
+    batch = dict(image=jax.random.uniform(jax.random.key(1), (8, 16, 16, 3), minval=-1,
+                                          maxval=1), clip_ids=jnp.asarray(ids),
+                 cond_ids=jnp.asarray(ids), cond_mask=jnp.asarray(tok.padding_mask(ids)))
+    (loss, (_, met)), g = jax.jit(jax.value_and_grad(
+        lambda p: obj(p, v["batch_stats"], {}, batch, jax.random.key(2), 1.0),
+        has_aux=True))(v["params"])
+    assert bool(jnp.isfinite(loss))
+    assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(g)), recipe
+    if recipe == "fluid":
+      assert float(met["share_contrastive"]) == 0.0
+
+
+# --------------------------------------------------------------- sharding
+def test_loss_and_grads_equal_on_8_devices_and_one():
+  """Global batch sharded over a 4x2 (data, fsdp) mesh == one device: loss, grads, BN stats."""
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  from dream_jax.models.api import DreamModel
+  from dream_jax.objective import DreamObjective
+  from dream_jax.tokenizers.word import WordTokenizer
+  assert len(jax.devices()) >= 8
+  cfg = tiny_config()
+  model = DreamModel(cfg)
+  v = model.init(jax.random.key(0))
+  tok = WordTokenizer(cfg.text.word_vocab, cfg.text.context_length)
+  u = tok.encode([""])
+  obj = DreamObjective(model, cfg, eot_id=tok.eot_id,
+                       uncond=dict(clip_ids=u, cond_ids=u, cond_mask=tok.padding_mask(u)))
+  words = cfg.text.word_vocab
+  caps = [f"a {words[i % len(words)]} {words[(3 * i) % len(words)]}" for i in range(8)]
+  ids = tok.encode(caps)
+  batch = dict(image=jax.random.uniform(jax.random.key(1), (8, 16, 16, 3), minval=-1, maxval=1),
+               clip_ids=jnp.asarray(ids), cond_ids=jnp.asarray(ids),
+               cond_mask=jnp.asarray(tok.padding_mask(ids)))
+  f = jax.value_and_grad(lambda p, bs, b: obj(p, bs, {}, b, jax.random.key(2), 0.6),
+                         has_aux=True)
+  (l1, (s1, m1)), g1 = jax.jit(f)(v["params"], v["batch_stats"], batch)
+  mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+  with jax.set_mesh(mesh):
+    shard = lambda x: jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp"))))
+    sb = jax.tree.map(shard, batch)
+    # parameters FSDP-sharded along their first dim when divisible
+    def pshard(x):
+      spec = P("fsdp") if x.ndim >= 1 and x.shape[0] % 2 == 0 else P()
+      return jax.device_put(x, NamedSharding(mesh, spec))
+    sp = jax.tree.map(pshard, v["params"])
+    (l8, (s8, m8)), g8 = jax.jit(f)(sp, v["batch_stats"], sb)
+  np.testing.assert_allclose(l8, l1, rtol=2e-5)
+  for a, b in zip(jax.tree.leaves(g8), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, atol=2e-6, rtol=2e-4)
+  for a, b in zip(jax.tree.leaves(s8), jax.tree.leaves(s1)):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+  # BatchNorm statistics are over the GLOBAL batch: they moved from their init values
+  assert float(jnp.abs(s1["image_projection"]["bn1"]["mean"]).max()) > 0
+
+
+# ----------------------------------------------------------------- configs
+@pytest.mark.parametrize("key,value,needle", [
+    ("batch_size", 10, "batch_size"),
+    ("sampling.sad_step", 99, "sampling.sad_step"),
+    ("model.heads", 5, "model.heads"),
+    ("masking.kind", "gauss", "masking.kind"),
+])
+def test_config_errors_name_the_key(key, value, needle):
+  c = tiny_config()
+  node = c
+  parts = key.split(".")
+  for p in parts[:-1]:
+    node = node[p]
+  node[parts[-1]] = value
+  with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+    common.validate(c)
+
+
+def test_recipes():
+  for name in common.RECIPES:
+    c = common.base_config()
+    common.apply_recipe(c, name)
+    common.validate(c)
+  c = common.base_config(); common.apply_recipe(c, "fluid")
+  assert (c.masking.std, c.masking.min, c.loss.w_contrastive) == (0.25, 0.7, 0.0)
+  c = common.base_config(); common.apply_recipe(c, "clip")
+  assert c.masking.kind == "none" and c.loss.w_diffusion == 0.0
