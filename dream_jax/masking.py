@@ -28,8 +28,7 @@ def random_orders(rng, batch: int, seq_len: int):
 
 def num_masked(ratio, seq_len: int):
   """ceil(L * r) as int32 (the reference's rule), for scalar or [B] ratios."""
-  # The tiny epsilon guards against float error turning e.g. 0.5*16 into 8.0000005 -> 9.
-  return jnp.ceil(jnp.asarray(ratio, jnp.float32) * seq_len - 1e-4).astype(jnp.int32)
+  return jnp.ceil(jnp.asarray(ratio, jnp.float32) * seq_len).astype(jnp.int32)
 
 
 def mask_from_orders(orders, n_masked):
