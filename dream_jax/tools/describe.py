@@ -60,6 +60,27 @@ def official_extras(config) -> int:
   return 999 * d + d
 
 
+def encoder_flops(config, mask_ratio: float) -> dict:
+  """Forward FLOPs per image of the encoder blocks for both paths (2 FLOPs per MAC).
+
+  'masked' runs buffer + L tokens whatever the ratio; 'drop' runs buffer + visible tokens
+  ('drop exact'), rounded up to the static bucket in practice ('drop bucketed').
+  """
+  import math
+  from configs.common import derived
+  from dream_jax.models.api import bucket_sizes
+  m = config.model
+  d, depth, buf = m.width, m.depth, m.buffer_size
+  mlp = m.mlp_dim or int(d * m.mlp_ratio)
+  seq = derived(config)["seq_len"]
+  per_block = lambda s: 2 * s * d * (3 * d + d + 2 * mlp) + 4 * s * s * d
+  visible = seq - math.ceil(seq * mask_ratio)
+  bucket = next(k for k in bucket_sizes(seq, m.encoder_buckets) if k >= visible)
+  return {"masked": depth * per_block(buf + seq),
+          "drop exact": depth * per_block(buf + visible),
+          "drop bucketed": depth * per_block(buf + bucket)}
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -77,6 +98,11 @@ def main(argv):
     extra = official_extras(config)
     print(f"{'official unused (class emb)':32s} {extra:>15,d}")
     print(f"official-comparable total: {counts['total'] + extra:,d}")
+  for r in (0.3, 0.9):
+    f = encoder_flops(config, r)
+    print(f"encoder fwd GFLOPs/image at mask {r}: " + ", ".join(
+        f"{k} {v / 1e9:.2f}" for k, v in f.items()) +
+          f" (drop/masked {f['drop bucketed'] / f['masked']:.2f})")
   print(f"total trainable: {counts['total']:,d}")
 
 
