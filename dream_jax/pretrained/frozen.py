@@ -37,7 +37,7 @@ class ImageTokenizerVAE:
   decode_latents(params, latents [B,h,w,c] scaled) -> images [B,H,W,3] float32 (~[-1,1]).
 
   `tiny_random=True`: `vae.TINY_VAE_CONFIG` (4 levels of 16/16/32/32 channels, 1 ResNet per
-  level, 8 norm groups: stride 8, 4 latent channels, ~0.4M params); `load_params()` then
+  level, 8 norm groups: stride 8, 4 latent channels, 0.26M params); `load_params()` then
   returns a fixed random init (key 0), so no file is needed.
   Without tiny_random and with an empty `vae_path`, the SD-VAE architecture is still known
   (shapes, `init_params`), but `load_params()` raises an error naming the needed files.

@@ -88,7 +88,7 @@ class VAEConfig:
 
 # stabilityai/sd-vae-ft-ema (and ft-mse, and SD 1.x's VAE): 83.7M params.
 SD_VAE_CONFIG = VAEConfig()
-# runlocal stand-in: same architecture (4 levels -> stride 8, 4 latent channels), ~0.4M params.
+# runlocal stand-in: same architecture (4 levels -> stride 8, 4 latent channels), 0.26M params.
 TINY_VAE_CONFIG = VAEConfig(block_out_channels=(16, 16, 32, 32), layers_per_block=1,
                             norm_num_groups=8)
 
