@@ -22,7 +22,7 @@ decoder, pooling and tests never care which path ran:
     Cost ~ (buffer+L) tokens whatever the ratio; no gather/scatter.
   Encoder forward FLOPs per image at B/16 (buffer 64, L 256, D 768, 12 blocks; printed by
   `python -m dream_jax.tools.describe --config=configs/dream_b16.py`):
-    mask 0.3: masked 58.1 GFLOPs; drop 43.5 exact (180 visible), 45.9 with 4 buckets (0.79x)
+    mask 0.3: masked 58.1 GFLOPs; drop 43.5 exact (179 visible), 45.9 with 4 buckets (0.79x)
     mask 0.9: masked 58.1 GFLOPs; drop 15.4 exact (25 visible), 22.4 with 4 buckets (0.38x)
   The bucket is chosen from the LARGEST visible count of the global batch, so with the
   paper's per-group ratios (some group is nearly always lightly masked) training mostly runs
