@@ -337,3 +337,25 @@ def test_recipes():
   assert (c.masking.std, c.masking.min, c.loss.w_contrastive) == (0.25, 0.7, 0.0)
   c = common.base_config(); common.apply_recipe(c, "clip")
   assert c.masking.kind == "none" and c.loss.w_diffusion == 0.0
+
+
+def test_weight_decay_mask_follows_the_reference_by_meaning():
+  from dream_jax.models.api import DreamModel, weight_decay_mask
+  cfg = tiny_config()
+  model = DreamModel(cfg)
+  shapes = jax.eval_shape(model.init, jax.random.key(0))["params"]
+  mask = weight_decay_mask(shapes, cfg)
+  flat = {"/".join(k.key for k in p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
+  for name in ("logit_scale", "buffer_embed", "encoder_pos_embed", "mask_token",
+               "text_tower/token_embedding", "text_tower/positional_embedding",
+               "encoder_blocks_0/attn/qkv/kernel", "text_tower/text_projection"):
+    assert flat[name], name
+  for name in ("encoder_blocks_0/attn/qkv/bias", "encoder_norm/scale",
+               "image_projection/bn1/scale", "diffloss/input_proj/kernel",
+               "diffloss/res_blocks_0/mlp_0/kernel"):
+    assert not flat[name], name
+  cfg.optim.decay_logit_scale = False
+  cfg.optim.decay_embeddings = False
+  flat = {"/".join(k.key for k in p): v for p, v in
+          jax.tree_util.tree_leaves_with_path(weight_decay_mask(shapes, cfg))}
+  assert not flat["logit_scale"] and not flat["buffer_embed"]
