@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Launch a dream_jax run on a Cloud TPU VM pod slice: every host runs the same command and
+# main.py calls jax.distributed.initialize(), which discovers the slice by itself on TPU.
+#
+#   TPU_NAME=my-v5p-64 ZONE=us-east5-a CONFIG=configs/dream_b16.py \
+#   WORKDIR=gs://my-bucket/dream_b16 ./launch/tpu_pod.sh [--config.x=y ...]
+#
+# The repo is copied to every host, installed there with the pinned requirements plus the
+# TPU jaxlib of the same version, then trained. Data paths must be readable from every host
+# (gs://...); the workdir must be shared storage (checkpoints are written by all hosts).
+set -euo pipefail
+: "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
+REPO_DIR=${REPO_DIR:-dream_jax}
+JAX_VERSION=$(grep '^jax==' "$(dirname "$0")/../requirements.txt" | cut -d= -f3 | cut -d' ' -f1)
+tar czf /tmp/dream_jax_src.tgz -C "$(dirname "$0")/.." --exclude=.venv --exclude=.git .
+gcloud compute tpus tpu-vm scp /tmp/dream_jax_src.tgz "$TPU_NAME:~/" --zone="$ZONE" --worker=all
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command "
+  set -e; mkdir -p $REPO_DIR && tar xzf dream_jax_src.tgz -C $REPO_DIR && cd $REPO_DIR
+  python3 -m venv .venv && . .venv/bin/activate
+  pip install -q -r requirements.txt 'jax[tpu]==$JAX_VERSION'
+  python main.py --config=$CONFIG --workdir=$WORKDIR $*"
