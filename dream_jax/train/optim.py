@@ -1,0 +1,58 @@
+"""AdamW with the reference's weight-decay exemptions, global-norm clipping, and the EMA.
+
+The learning rate is NOT inside the optax chain: the update step multiplies the direction by
+`TrainSchedule(step)['lr']`, the same call that yields the mask-ratio centre, so the two
+schedules share one step counter by construction. The chain therefore ends in the
+decoupled weight decay (AdamW: p -= lr * (adam_direction + wd * p), as torch.optim.AdamW).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dream_jax.models.api import weight_decay_mask
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """clip_by_global_norm(grad_clip) -> Adam(b1, b2) -> + wd * p on decayed params.
+
+  The decay mask is `models.api.weight_decay_mask` (reference: no decay on `.bias`, 1-D
+  params and the whole diffusion head; logit scale and embeddings ARE decayed).
+  """
+  o = config.optim
+  parts = []
+  if o.grad_clip:
+    parts.append(optax.clip_by_global_norm(float(o.grad_clip)))
+  parts.append(optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2), eps=1e-8))
+  if o.weight_decay:
+    parts.append(optax.add_decayed_weights(float(o.weight_decay),
+                                           mask=lambda p: weight_decay_mask(p, config)))
+  return optax.chain(*parts)
+
+
+def apply_lr(updates, lr):
+  """Direction -> parameter delta (-lr * direction), in the parameter dtype."""
+  return jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+
+
+def ema_decay(config, step):
+  """EMA decay at `step` (0-based): ema.decay, or min(decay, (1+t)/(10+t)) with warm-up.
+
+  The warm-up (a small-run deviation from the paper's fixed 0.9999) lets the EMA follow the
+  weights early, so a few-thousand-step run evaluates trained weights, not the init.
+  """
+  d = jnp.float32(config.ema.decay)
+  if config.ema.warmup:
+    t = jnp.asarray(step, jnp.float32)
+    d = jnp.minimum(d, (1.0 + t) / (10.0 + t))
+  return d
+
+
+def update_ema(ema_params, params, decay):
+  return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
+                      ema_params, params)
+
+
+def global_norm(tree):
+  return optax.global_norm(tree)
