@@ -83,6 +83,7 @@ def base_config() -> ConfigDict:
   c.grad_accum_steps = 1
   c.allow_accum_with_contrastive = False     # accumulation changes the contrastive objective
   c.log_every = 50
+  c.debug_stop_after = 0                     # tests: SIGKILL the run after this many steps (0: off)
 
   # ------------------------------------------------------------------ model
   c.model = ConfigDict()
