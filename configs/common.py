@@ -302,6 +302,19 @@ def runlocal(c: ConfigDict) -> None:
   c.ckpt.update(every=2, keep=2)
 
 
+def load_config_file(spec: str) -> ConfigDict:
+  """'configs/dream_b16.py:runlocal' -> that file's get_config('runlocal') (for tools)."""
+  import importlib.util
+  import os
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path!r} does not exist")
+  mod_spec = importlib.util.spec_from_file_location("_dream_config", path)
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
 def use_embedded_vocab(c: ConfigDict, context_length: int) -> None:
   """Word tokenizer over the embedded dataset's caption vocabulary (no vocab file needed)."""
   from dream_jax.data.embedded import VOCAB

