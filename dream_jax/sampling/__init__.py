@@ -53,17 +53,19 @@ def build_objective(model, config, image_tokens=None):
 
 
 def _caption_tokens(config):
+  """The data pipeline's caption tokenization (CLIP-tower ids + generation condition)."""
+  from dream_jax.data import text_tokenizer
   from dream_jax.data.pipeline import CaptionTokens  # numpy-only import
-  from dream_jax.tokenizers import get_text_tokenizer
-  return CaptionTokens(config.text, get_text_tokenizer(config.text))
+  return CaptionTokens(config.text, text_tokenizer(config))
 
 
 class Sampler:
   """Host-side sampler of one model/config (see the module docstring)."""
 
-  def __init__(self, model, config, image_tokens, objective):
+  def __init__(self, model, config, image_tokens, objective, frozen=None):
     self.model, self.config = model, config
     self.image_tokens, self.objective = image_tokens, objective
+    self.bound_frozen = frozen
     self._caption = None
     self._programs = {}
     self.seq_len = model.spec.seq_len
@@ -125,6 +127,19 @@ class Sampler:
           fn, dec, self.objective, self.image_tokens, **static))
     return self._programs[key]
 
+  def frozen(self, frozen):
+    """The frozen params to use: the argument, else the bound ones, else {} when the config
+    needs none (identity tokenizer and a trainable condition encoder)."""
+    if frozen is not None:
+      return frozen
+    if self.bound_frozen is not None:
+      return self.bound_frozen
+    if self.config.tokenizer.kind == "identity" and self.config.text.cond_encoder in (
+        "small", "clip_tower"):
+      return {}
+    raise ValueError("this config needs frozen VAE / text-encoder parameters: pass `frozen` "
+                     "or bind them with make_predict_fns(..., frozen=...)")
+
   def _inputs(self, prompts, overrides):
     batch = {k: jnp.asarray(v) for k, v in self.tokenize(prompts).items()}
     s = self.config.sampling
@@ -144,6 +159,7 @@ class Sampler:
     self._unknown(overrides, ())
     opts = self.options(overrides)
     batch, temp, cfg = self._inputs(prompts, overrides)
+    frozen = self.frozen(frozen)
     out = self.program("plain", opts)(variables, frozen, batch, self.objective.uncond, rng,
                                       temp, cfg)
     return jax.device_get(out)
@@ -158,6 +174,7 @@ class Sampler:
     fn = self.program("sad", opts, num_candidates=k, sad_step=t,
                       critic=overrides.get("critic", "final"),
                       return_candidates=bool(overrides.get("return_candidates", False)))
+    frozen = self.frozen(frozen)
     out = jax.device_get(fn(variables, frozen, batch, self.objective.uncond, rng, temp, cfg))
     out["sad_step"] = t
     out["revealed_share"] = sched_lib.reveal_schedule(self.seq_len,
@@ -174,6 +191,7 @@ class Sampler:
     decode_all = scorer is not None or bool(overrides.get("return_candidates", False))
     batch, temp, cfg = self._inputs(prompts, overrides)
     fn = self.program("best_of_k", opts, num_candidates=k, decode_all=decode_all)
+    frozen = self.frozen(frozen)
     out = jax.device_get(fn(variables, frozen, batch, self.objective.uncond, rng, temp, cfg))
     if scorer is not None:
       p = len(out["images"])
@@ -187,8 +205,11 @@ class Sampler:
     return out
 
 
-def make_predict_fns(model, config, image_tokens, objective) -> dict:
+def make_predict_fns(model, config, image_tokens, objective, frozen=None) -> dict:
   """Named predict functions for the trainer and evaluators: sample, sample_sad, best_of_k
-  (each `(variables, frozen, prompts, rng, **overrides) -> dict(images uint8 [N,H,W,3], ...)`)."""
-  s = Sampler(model, config, image_tokens, objective)
+  (each `(variables, frozen, prompts, rng, **overrides) -> dict(images uint8 [N,H,W,3], ...)`).
+
+  Evaluators do not hold the frozen parameters: bind them here (`frozen=`) and call with
+  `frozen=None`; None without bound params works only for configs that need none."""
+  s = Sampler(model, config, image_tokens, objective, frozen=frozen)
   return dict(sample=s.sample, sample_sad=s.sample_sad, best_of_k=s.best_of_k)
