@@ -24,7 +24,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, steps=600)
+  a = common.parse_arg(arg, steps=500)
   c = common.base_config()
   c.total_steps = a.steps
   c.batch_size = 64
@@ -33,7 +33,7 @@ def get_config(arg=None):
 
   c.model.update(width=128, depth=2, heads=4, dec_width=128, dec_depth=2, dec_heads=4,
                  mlp_dim=None, buffer_size=4, embed_dim=64, proj_hidden=256,
-                 aligner_depth=1, diff_depth=2, diff_width=256, diffusion_batch_mul=2,
+                 aligner_depth=1, diff_depth=2, diff_width=128, diffusion_batch_mul=2,
                  num_sampling_steps="50", encoder_buckets=2, diffusion_buckets=2,
                  attn_dropout=0.0, proj_dropout=0.0)
   c.tokenizer.update(kind="identity", image_size=32, patch_size=4)
@@ -53,4 +53,8 @@ def get_config(arg=None):
   c.ckpt.update(every=200, keep=2)
   c.evals.heldout = common.ConfigDict(dict(kind="heldout", every=200, diffusion_ratio=0.9,
                                            seed=0))
+  # Generation fidelity (the sampler's evaluator): 64 held-out prompts, plain decoding and
+  # SAD, scored by the embedded checker; at the end only (sampling is the costly part).
+  c.evals.fidelity = common.ConfigDict(dict(kind="fidelity", every=0, at_start=False,
+                                            num_prompts=64, modes=("plain", "sad"), batch=32))
   return common.finalize(c)

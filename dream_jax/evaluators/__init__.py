@@ -11,7 +11,8 @@ Contract (every evaluator class):
       variables: {'params': EMA params, 'batch_stats': BN statistics}
   Results are written by the trainer to metrics.jsonl as '<name>/<key>'. Evaluators may
   write files under `workdir` (e.g. `W/samples/`).
-Common keys of `config.evals.<name>`: kind, every (steps; also run at step 0 and at the end).
+Common keys of `config.evals.<name>`: kind, every (steps; also run at the end), at_start
+(default True: also run at step 0).
 """
 from __future__ import annotations
 

@@ -55,4 +55,4 @@ def update_ema(ema_params, params, decay):
 
 
 def global_norm(tree):
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)

@@ -93,5 +93,6 @@ def make_predict_fns(components, frozen, mesh) -> dict:
   except ImportError:
     make = None
   if make is not None:
-    fns.update(make(model, components.config, tok, obj))
+    # Frozen params are bound here: evaluators call the sampling fns with frozen=None.
+    fns.update(make(model, components.config, tok, obj, frozen=frozen))
   return fns

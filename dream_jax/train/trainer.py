@@ -139,8 +139,8 @@ class Trainer:
     def run_evals(step, final):
       rows = {}
       variables = {"params": state["ema_params"], "batch_stats": state["batch_stats"]}
-      for name, (ev, every) in evaluators.items():
-        due = step == 0 or final or (every and step % every == 0)
+      for name, (ev, every, at_start) in evaluators.items():
+        due = (step == 0 and at_start) or final or (every and step % every == 0)
         if not due:
           continue
         t0 = time.perf_counter()
@@ -191,7 +191,7 @@ class Trainer:
           ckpt.wait()
           os.kill(os.getpid(), signal.SIGKILL)
         if not is_last and any(every and step % every == 0
-                               for _, every in evaluators.values()):
+                               for _, every, _ in evaluators.values()):
           run_evals(step, final=False)
       if step == total and total > first_step:
         run_evals(step, final=True)
@@ -212,7 +212,8 @@ class Trainer:
     out = {}
     for name, ec in self.config.evals.items():
       cls = get_evaluator(ec.kind)
-      out[name] = (cls(ec, config=self.config, workdir=workdir), int(ec.get("every", 0) or 0))
+      out[name] = (cls(ec, config=self.config, workdir=workdir), int(ec.get("every", 0) or 0),
+                   bool(ec.get("at_start", True)))
     return out
 
 

@@ -1,0 +1,165 @@
+"""Training-step benchmark against the official PyTorch DREAM (PERF_ANCHOR.md).
+
+  python benchmarks/train_step.py --shapes=anchor      # configs/anchor_demo.py, batch 32
+  python benchmarks/train_step.py --shapes=b16         # DREAM-B/16 shapes, batch 4 (~1 min compile on CPU)
+  python benchmarks/train_step.py --shapes=all [--steps=5]
+
+Inputs are random arrays of the right shapes, like the official measurement: cached VAE
+latent moments and frozen T5 features (`cond_embeddings`), so neither frozen network runs;
+dropout 0.1 and mask ratio fixed at 0.5. Prints step time (median after warm-up), examples/s,
+FLOPs per step (analytic: forward matmuls x3, the diffusion head only on masked tokens; and
+XLA's `compiled.cost_analysis()`, which may count every `lax.switch` bucket branch), the
+achieved GFLOP/s, the ratio to the official step time and MFU when an accelerator is present.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+OFFICIAL_STEP_S = {"anchor": 2.14, "b16": 14.1, "demo": float("nan")}          # PERF_ANCHOR.md, 2-vCPU, fp32
+OFFICIAL_GFLOP = {"anchor": 215.0, "b16": 1970.0, "demo": float("nan")}
+PEAK_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5e": 197, "TPU v5p": 459,
+               "TPU v6 lite": 918, "H100": 989, "H200": 989, "A100": 312, "L4": 121}
+
+
+def config_for(shapes: str):
+  if shapes == "demo":                     # the CPU demo's own step (not an official anchor)
+    from configs import demo
+    return demo.get_config()
+  if shapes == "anchor":
+    from configs import anchor_demo
+    return anchor_demo.get_config()
+  from configs import dream_b16
+  c = dream_b16.get_config()
+  c.batch_size = 4
+  c.compute_dtype = "float32"
+  c.masking.update(kind="fixed", fixed_ratio=0.5, group_size=4)
+  c.model.update(attn_dropout=0.1, proj_dropout=0.1)
+  c.tokenizer.tiny_random = True        # latents are fed; the VAE never runs
+  c.text.tiny_random = True             # T5 features are fed; only the empty caption runs
+  return c
+
+
+def synthetic_batch(config, rng: np.random.Generator) -> dict:
+  from configs.common import derived
+  b, d, t = config.batch_size, derived(config), config.text
+  ls, ch = d["latent_size"], d["channels"]
+  clip = t.tokenizer == "clip_bpe"
+  ids = rng.integers(4, min(t.vocab_size, 49406), (b, t.context_length)).astype(np.int32)
+  ids[:, 0] = 49406 if clip else 2                 # start of text (WordTokenizer: 2)
+  ids[:, 11] = 49407 if clip else 3                # end of text, then padding
+  ids[:, 12:] = 0
+  batch = dict(clip_ids=ids)
+  if config.tokenizer.kind == "vae":
+    batch["latent_moments"] = rng.normal(size=(b, 2, ls, ls, ch)).astype(np.float32)
+  else:
+    batch["image"] = rng.uniform(-1, 1, (b, ls, ls, 3)).astype(np.float32)
+  if t.cond_encoder in ("t5", "minilm"):
+    batch["cond_embeddings"] = rng.normal(size=(b, t.cond_len, t.cond_dim)).astype(np.float32)
+    batch["cond_mask"] = np.ones((b, t.cond_len), bool)
+  return batch
+
+
+def _layer(tokens, width, mlp, ctx=0, ctx_width=0):
+  """Forward FLOPs of one pre-norm block on `tokens` rows (+ cross-attention to ctx rows)."""
+  f = 2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * tokens * width
+  if ctx:
+    f += 2 * tokens * 2 * width * width + 2 * ctx * 2 * ctx_width * width + 4 * tokens * ctx * width
+  return f
+
+
+def analytic_flops(config) -> float:
+  """Forward+backward FLOPs (3 x forward matmuls) of one step at the configured fixed ratio."""
+  from configs.common import derived
+  m, t, d = config.model, config.text, derived(config)
+  b, l, c = config.batch_size, d["seq_len"], d["token_dim"]
+  r = config.masking.fixed_ratio if config.masking.kind == "fixed" else 0.5
+  masked = int(np.ceil(l * r))
+  mlp = m.mlp_dim or int(m.width * m.mlp_ratio)
+  dmlp = m.mlp_dim or int(m.dec_width * m.mlp_ratio)
+  t_enc = m.buffer_size + l - masked
+  t_dec = m.buffer_size + l
+  lc = t.cond_len if t.cond_encoder in ("t5", "minilm") else t.context_length
+  dc = t.cond_dim if t.cond_encoder in ("t5", "minilm") else t.width
+  f = 2 * l * c * m.width                                          # token embedding
+  f += m.depth * _layer(t_enc, m.width, mlp)                       # encoder
+  f += 2 * (m.width * m.proj_hidden + m.proj_hidden ** 2 + m.proj_hidden * m.embed_dim)
+  f += t.layers * _layer(t.context_length, t.width, int(t.width * t.mlp_ratio))
+  f += 2 * t.width * m.embed_dim                                   # text projection
+  f += 2 * lc * dc * m.dec_width + m.aligner_depth * _layer(lc, m.dec_width, dmlp)
+  f += 2 * t_enc * m.width * m.dec_width                           # encoder -> decoder
+  f += m.dec_depth * _layer(t_dec, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width)
+  w = m.diff_width
+  rows = masked * m.diffusion_batch_mul
+  head = 2 * (c * w + m.dec_width * w + w * w) + m.diff_depth * 2 * (3 * w * w + 2 * w * w)
+  head += 2 * (2 * w * w + w * 2 * c)
+  f += rows * head
+  return 3.0 * b * f
+
+
+def xla_flops(compiled) -> float:
+  ca = compiled.cost_analysis()
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else {}
+  return float((ca or {}).get("flops", float("nan")))
+
+
+def bench(shapes: str, steps: int) -> dict:
+  from dream_jax.train import sharding
+  from dream_jax.train.trainer import Trainer
+  config = config_for(shapes)
+  t0 = time.perf_counter()
+  tr = Trainer(config)
+  state = tr.fresh_state()
+  batch = sharding.global_batch(tr.mesh, synthetic_batch(config, np.random.default_rng(0)))
+  with jax.set_mesh(tr.mesh):
+    lowered = tr.train_step.lower(state, tr.frozen, batch)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    times = []
+    for i in range(steps + 1):
+      s = time.perf_counter()
+      state, m = compiled(state, tr.frozen, batch)
+      jax.block_until_ready((state, m))
+      if i:                                  # the first call warms caches / allocations
+        times.append(time.perf_counter() - s)
+  step_s = float(np.median(times))
+  an, xf = analytic_flops(config), xla_flops(compiled)
+  out = dict(shapes=shapes, batch=config.batch_size, step_s=step_s,
+             examples_per_s=config.batch_size / step_s, compile_s=compile_s,
+             analytic_gflop=an / 1e9, xla_gflop=xf / 1e9, achieved_gflops=an / step_s / 1e9,
+             official_step_s=OFFICIAL_STEP_S[shapes], official_gflop=OFFICIAL_GFLOP[shapes],
+             speedup_vs_official=OFFICIAL_STEP_S[shapes] / step_s,
+             loss=float(m["loss"]), device=jax.devices()[0].device_kind)
+  kind = jax.devices()[0].device_kind
+  peak = next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
+  if jax.devices()[0].platform != "cpu" and peak:
+    out["mfu"] = an / step_s / (peak * 1e12 * jax.device_count())
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--shapes", default="anchor", choices=("anchor", "b16", "all", "demo"))
+  p.add_argument("--steps", type=int, default=5)
+  a = p.parse_args()
+  for s in (("anchor", "b16") if a.shapes == "all" else (a.shapes,)):
+    r = bench(s, a.steps)
+    print(f"[{s}] batch {r['batch']} on {r['device']}: step {r['step_s']:.3f} s "
+          f"(official {r['official_step_s']} s, speedup x{r['speedup_vs_official']:.2f}), "
+          f"{r['examples_per_s']:.1f} ex/s, compile {r['compile_s']:.1f} s")
+    print(f"[{s}] FLOPs/step: analytic {r['analytic_gflop']:.1f} GFLOP, XLA cost analysis "
+          f"{r['xla_gflop']:.1f} GFLOP (official estimate {r['official_gflop']:.0f}); achieved "
+          f"{r['achieved_gflops']:.1f} GFLOP/s" + (f", MFU {r['mfu']:.1%}" if "mfu" in r else ""),
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()

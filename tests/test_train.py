@@ -1,0 +1,165 @@
+"""Trainer: one schedule object, AdamW with the reference's exemptions, EMA, accumulation,
+the paper configs' runlocal training 2 steps, and the non-finite stop."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import common
+
+
+def tiny_config(**overrides):
+  """runlocal of dream_b16 (batch 8), lighter for tests: pixel tokens and the 'small'
+  trainable condition encoder, so no tiny VAE / T5 has to be compiled."""
+  from configs import dream_b16
+  c = dream_b16.get_config("runlocal")
+  c.tokenizer.update(kind="identity", image_size=16, patch_size=4)
+  c.data.image_size = 16
+  c.text.cond_encoder = "small"
+  c.text.update(small_width=32, small_layers=1, small_heads=2)
+  c.ckpt.update(every=2, keep=2)
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  common.validate(c)
+  return c
+
+
+def test_schedule_is_one_object_in_fractions():
+  from dream_jax.train.schedule import TrainSchedule
+  from dream_jax import masking
+  c = tiny_config(total_steps=100)
+  c.optim.lr = 1e-3
+  c.schedule.update(kind="warmup_constant", warmup=0.1)
+  s = TrainSchedule(c)
+  out = s(jnp.arange(100))
+  assert set(out) >= {"lr", "mask_center"}
+  lr = np.asarray(out["lr"])
+  np.testing.assert_allclose(lr[9:], 1e-3, rtol=1e-6)          # constant after 10% warm-up
+  assert np.all(np.diff(lr[:10]) > 0) and lr[0] > 0
+  np.testing.assert_allclose(out["mask_center"],
+                             masking.mask_ratio_center(np.arange(100) / 100, c.masking), 1e-6)
+  # Doubling total_steps keeps the shape (boundaries are fractions of the run).
+  c2 = tiny_config(total_steps=200)
+  c2.optim.lr = 1e-3
+  c2.schedule.update(kind="warmup_constant", warmup=0.1)
+  s2 = TrainSchedule(c2)
+  np.testing.assert_allclose(s2(jnp.arange(0, 200, 2))["mask_center"], out["mask_center"], 1e-6)
+  c.schedule.update(kind="warmup_cosine", final_lr_frac=0.1)
+  lr_cos = np.asarray(TrainSchedule(c).lr(jnp.array([10, 55, 100])))
+  np.testing.assert_allclose(lr_cos, [1e-3, 5.5e-4, 1e-4], rtol=1e-3)
+
+
+def test_optimizer_is_adamw_with_reference_exemptions():
+  from dream_jax.models.api import weight_decay_mask
+  from dream_jax.train import optim
+  c = tiny_config()
+  c.optim.update(grad_clip=3.0, weight_decay=0.04, b1=0.9, b2=0.95)
+  params = {"diffloss": {"w": jnp.ones((3, 3))}, "dense": {"kernel": jnp.ones((4, 3)),
+            "bias": jnp.ones((3,))}, "logit_scale": jnp.array(2.0),
+            "buffer_embed": jnp.ones((5,))}
+  grads = jax.tree.map(lambda p: 10.0 * jnp.ones_like(p), params)
+  tx = optim.make_optimizer(c)
+  upd, _ = tx.update(grads, tx.init(params), params)
+  ours = optax.apply_updates(params, optim.apply_lr(upd, 1e-2))
+  ref_tx = optax.chain(optax.clip_by_global_norm(3.0),
+                       optax.adamw(1e-2, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.04,
+                                   mask=lambda p: weight_decay_mask(p, c)))
+  ref_upd, _ = ref_tx.update(grads, ref_tx.init(params), params)
+  ref = optax.apply_updates(params, ref_upd)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), ours, ref)
+  mask = weight_decay_mask(params, c)
+  assert mask["logit_scale"] and mask["buffer_embed"] and mask["dense"]["kernel"]
+  assert not mask["dense"]["bias"] and not mask["diffloss"]["w"]
+
+
+def test_ema_warmup_and_update():
+  from dream_jax.train import optim
+  c = tiny_config()
+  c.ema.update(decay=0.999, warmup=True)
+  assert float(optim.ema_decay(c, 0)) == pytest.approx(0.1)
+  assert float(optim.ema_decay(c, 10**6)) == pytest.approx(0.999)
+  c.ema.warmup = False
+  assert float(optim.ema_decay(c, 0)) == pytest.approx(0.999)
+  e = optim.update_ema({"a": jnp.zeros(2)}, {"a": jnp.ones(2)}, 0.9)
+  np.testing.assert_allclose(e["a"], 0.1, rtol=1e-6)
+
+
+def test_mesh_errors_are_clear():
+  from dream_jax.train import sharding
+  c = tiny_config()
+  c.mesh.update(data=3, fsdp=2)
+  with pytest.raises(ValueError, match="does not match the 8"):
+    sharding.mesh_shape(c, 8)
+  c.mesh.update(data=-1, fsdp=3)
+  with pytest.raises(ValueError, match="fsdp=3 does not divide"):
+    sharding.mesh_shape(c, 8)
+  c = tiny_config(batch_size=12)
+  c.masking.group_size = 4
+  with pytest.raises(ValueError, match="not divisible by the"):
+    sharding.mesh_shape(c, 8)
+  assert sharding.fsdp_spec((4096, 3), 2) == jax.sharding.PartitionSpec("fsdp", None)
+  assert sharding.fsdp_spec((16,), 2) == jax.sharding.PartitionSpec()
+
+
+def test_accumulation_refused_with_contrastive_and_runs_when_allowed():
+  from dream_jax.train.trainer import Trainer
+  from dream_jax.train import sharding
+  with pytest.raises(ValueError, match="grad_accum_steps"):
+    tiny_config(grad_accum_steps=2)
+  c = tiny_config(grad_accum_steps=2, allow_accum_with_contrastive=True)
+  tr = Trainer(c, devices=jax.devices()[:1])
+  from dream_jax.data import make_dataset
+  batch = next(make_dataset(c, "train").iterator())
+  state = tr.fresh_state()
+  with jax.set_mesh(tr.mesh):
+    new, m = tr.train_step(state, tr.frozen, sharding.global_batch(tr.mesh, batch))
+  assert float(m["negatives_effective"]) == 4 and float(m["negatives"]) == 4
+  assert np.isfinite(float(m["loss"])) and int(new["step"]) == 1
+
+
+@pytest.mark.parametrize("name", ["dream_b16", "dream_l16", "dream_h16", "dream_g16"])
+def test_paper_runlocal_trains_two_steps(name, tmp_path):
+  """Every paper config's runlocal trains 2 steps (identical tiny shapes, so the compile
+  cache serves the last three)."""
+  import importlib
+  from dream_jax.train.trainer import train
+  c = importlib.import_module(f"configs.{name}").get_config("runlocal")
+  c.total_steps = 2
+  row = train(c, str(tmp_path), devices=jax.devices()[:1])
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in lines if "loss" in r] == [1, 2]
+  assert np.isfinite(row["loss"]) and os.path.isdir(tmp_path / "checkpoints" / "2")
+  for k in ("lr", "mask_center", "mask_ratio", "share_diffusion", "share_contrastive",
+            "grad_norm", "param_norm", "logit_scale", "steps_per_sec", "examples_per_sec",
+            "eta_sec"):
+    assert k in lines[-1], k
+  assert json.load(open(tmp_path / "config.json"))["total_steps"] == 2
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  """A NaN loss at step 3 stops the run with a clear error; checkpoint 2 (good) stays the
+  latest and no checkpoint is written from the non-finite state (step 4 is never saved)."""
+  from dream_jax.train.trainer import NonFiniteError, Trainer
+  from dream_jax.train.checkpoint import Checkpointer
+  c = tiny_config(total_steps=8)
+  c.ckpt.every = 2
+  tr = Trainer(c, devices=jax.devices()[:1])
+  step_fn = tr.train_step
+
+  def poisoned(state, frozen, batch):
+    new, m = step_fn(state, frozen, batch)
+    bad = new["step"] == 3
+    return new, dict(m, loss=jnp.where(bad, jnp.nan, m["loss"]), finite=m["finite"] & ~bad)
+
+  tr.train_step = poisoned
+  with pytest.raises(NonFiniteError, match="at step 3.*last good checkpoint is step 2"):
+    tr.run(str(tmp_path))
+  assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).all_steps() == [2]
