@@ -233,6 +233,7 @@ def base_config() -> ConfigDict:
   c.sampling.cfg = 3.0
   c.sampling.cfg_schedule = "linear"   # 'linear' (grows with revealed share) | 'constant'
   c.sampling.temperature = 1.0
+  c.sampling.clip_denoised = None      # reference: never clip the predicted x0 (paper)
   c.sampling.sad_candidates = 5        # K (paper default)
   c.sampling.sad_step = 32             # T of 64 (official default)
   c.sampling.sad_share = None          # or select after this share of tokens is decoded

@@ -343,3 +343,21 @@ def test_bf16_compute_is_close(fx, head_params):
   out = bf16.apply(head_params, d["r050/x_t"], t, _z(fx, "r050"))
   assert out.dtype == jnp.float32
   assert_close(out, d["r050/mlp_out"], rel=5e-2, what="bf16 mlp_out")
+
+
+def test_clip_denoised_option():
+  """Off by default (reference); when set, pred_xstart is clipped and the mean follows it."""
+  from dream_jax.diffusion.gaussian import GaussianDiffusion
+  d = GaussianDiffusion.create("50")
+  x = jax.random.normal(jax.random.key(0), (32, 4)) * 3
+  out = jax.random.normal(jax.random.key(1), (32, 8))
+  t = jnp.full((32,), 49, jnp.int32)
+  free = d.p_mean_variance(out, x, t)
+  clip = d.p_mean_variance(out, x, t, clip_denoised=1.0)
+  assert float(jnp.abs(free["pred_xstart"]).max()) > 1.0
+  assert float(jnp.abs(clip["pred_xstart"]).max()) <= 1.0
+  np.testing.assert_array_equal(clip["log_variance"], free["log_variance"])
+  t0 = jnp.full((32,), 0, jnp.int32)
+  small = jnp.concatenate([jnp.zeros((32, 4)), out[:, 4:]], 1)
+  np.testing.assert_allclose(d.p_mean_variance(small, x * 0.1, t0, clip_denoised=1.0)["mean"],
+                             d.p_mean_variance(small, x * 0.1, t0)["mean"], atol=1e-6)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -270,13 +270,16 @@ class GaussianDiffusion:
 
   # ---- reverse process ---------------------------------------------------------------------
 
-  def p_mean_variance(self, model_out: Array, x_t: Array, t: Array) -> dict:
-    """p(x_{t-1} | x_t) from the head output; no clipping of the predicted x0.
+  def p_mean_variance(self, model_out: Array, x_t: Array, t: Array,
+                      clip_denoised: Optional[float] = None) -> dict:
+    """p(x_{t-1} | x_t) from the head output; by default no clipping of the predicted x0.
 
     Args:
       model_out: [N, 2C] float32 head output at (x_t, timestep_map[t]): eps | v.
       x_t: [N, C] float32.
       t: [N] int chain indices.
+      clip_denoised: None (reference, paper configs) or c: clip pred_xstart to [-c, c]
+        (improved-DDPM's clip_denoised, for tokens with a known range such as pixels).
     Returns:
       dict of [N, C] float32: mean, variance, log_variance, pred_xstart.
     """
@@ -290,12 +293,15 @@ class GaussianDiffusion:
     log_variance = frac * max_log + (1 - frac) * min_log
     pred_xstart = (self._coef(self.sqrt_recip_alphas_cumprod, t) * x_t
                    - self._coef(self.sqrt_recipm1_alphas_cumprod, t) * eps)
+    if clip_denoised is not None:
+      pred_xstart = jnp.clip(pred_xstart, -clip_denoised, clip_denoised)
     mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
     return dict(mean=mean, variance=jnp.exp(log_variance), log_variance=log_variance,
                 pred_xstart=pred_xstart)
 
   def p_sample(self, model_out: Array, x_t: Array, t: Array, noise: Array,
-               temperature: Union[float, Array] = 1.0) -> dict:
+               temperature: Union[float, Array] = 1.0,
+               clip_denoised: Optional[float] = None) -> dict:
     """One ancestral step x_t -> x_{t-1} (MAR's p_sample).
 
     sample = mean + [t != 0] * exp(0.5 log_var) * noise * temperature: the temperature scales
@@ -306,14 +312,15 @@ class GaussianDiffusion:
     Returns:
       dict with 'sample' and 'pred_xstart', [N, C] float32.
     """
-    out = self.p_mean_variance(model_out, x_t, t)
+    out = self.p_mean_variance(model_out, x_t, t, clip_denoised)
     nonzero = (t != 0).astype(x_t.dtype)[:, None]
     sample = out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * noise * temperature
     return dict(sample=sample, pred_xstart=out["pred_xstart"])
 
   def p_sample_loop(self, net_fn: Callable[[Array, Array], Array], shape: Sequence[int],
                     rng: Array, temperature: Union[float, Array] = 1.0,
-                    noise: Array | None = None) -> Array:
+                    noise: Array | None = None,
+                    clip_denoised: Optional[float] = None) -> Array:
     """Ancestral sampling over the whole chain, as a `lax.fori_loop` (static shapes, jittable).
 
     Args:
@@ -337,7 +344,7 @@ class GaussianDiffusion:
       t = jnp.full((n,), i, jnp.int32)
       model_out = net_fn(x, self.model_timesteps(t))
       step_noise = jax.random.normal(jax.random.fold_in(step_key, i), x.shape, x.dtype)
-      return self.p_sample(model_out, x, t, step_noise, temperature)["sample"]
+      return self.p_sample(model_out, x, t, step_noise, temperature, clip_denoised)["sample"]
 
     return jax.lax.fori_loop(0, t_count, body, x)
 

@@ -88,6 +88,7 @@ class DreamModel:
     self.diffusion_batch_mul = m.diffusion_batch_mul
     self.mask_text_padding = m.mask_text_padding
     self.logit_scale_max = m.logit_scale_max
+    self.clip_denoised = config.sampling.get("clip_denoised")
 
   # ------------------------------------------------------------------- setup
   def dummy_inputs(self, batch: int = 2):
@@ -237,6 +238,9 @@ class DreamModel:
                        num_steps: Optional[str] = None):
     """Samples clean tokens [N, C] for conditions z [N, Ddec] with the respaced chain.
 
+    The predicted x0 is clipped to [-c, c] only when `config.sampling.clip_denoised` is set
+    (None in paper configs, as the reference; small pixel-token runs set 1.0, see demo.py).
+
     With `cfg_scale`, z holds the conditional rows then the unconditional rows ([2N, Ddec]);
     both halves share x_t and the noise, the guided eps is used for both, the variance is
     not guided (MAR `forward_with_cfg`); the result is the conditional half [N, C].
@@ -245,7 +249,8 @@ class DreamModel:
     diff = self.sample_diffusion(num_steps)
     net = functools.partial(self.diffusion_net, variables)
     out = diffloss.sample_tokens(net, z, rng, temperature=temperature, cfg_scale=cfg_scale,
-                                 diffusion=diff, token_dim=self.spec.token_dim)
+                                 diffusion=diff, token_dim=self.spec.token_dim,
+                                 clip_denoised=self.clip_denoised)
     return out if cfg_scale is None else out[: z.shape[0] // 2]
 
 

@@ -64,7 +64,8 @@ def diffusion_loss_terms(head_apply: HeadApply, x0: Array, z: Array, rng: Array,
 
 def sample_tokens(head_apply: HeadApply, z: Array, rng: Array,
                   temperature: Union[float, Array], cfg_scale: Optional[Union[float, Array]],
-                  diffusion: GaussianDiffusion, token_dim: int = 16) -> Array:
+                  diffusion: GaussianDiffusion, token_dim: int = 16,
+                  clip_denoised: Optional[float] = None) -> Array:
   """Samples one token per condition row with the (respaced) reverse chain (MAR's sample).
 
   Args:
@@ -77,6 +78,7 @@ def sample_tokens(head_apply: HeadApply, z: Array, rng: Array,
       the initial noise is shared between the halves and the guided eps is used by both.
     diffusion: the sampling chain, e.g. `GaussianDiffusion.create("100")`.
     token_dim: C.
+    clip_denoised: None (reference) or clip the predicted x0 to [-c, c] at every step.
   Returns:
     [M, C] float32. With CFG both halves are returned, as MAR does; the caller keeps the first
     N rows (the guided head only ever reads the first half of x, so that half is the sample).
@@ -95,4 +97,5 @@ def sample_tokens(head_apply: HeadApply, z: Array, rng: Array,
     def net_fn(x, t):
       return apply_with_cfg(head_apply, x, t, z, cfg_scale, token_dim)
 
-  return diffusion.p_sample_loop(net_fn, (m, token_dim), loop_key, temperature, noise=noise)
+  return diffusion.p_sample_loop(net_fn, (m, token_dim), loop_key, temperature, noise=noise,
+                                 clip_denoised=clip_denoised)
