@@ -1,0 +1,194 @@
+"""Sampling benchmark against the official PyTorch DREAM (PERF_ANCHOR.md).
+
+  python benchmarks/sampling.py --shapes=anchor     # 16 images, 16 steps, 50 diffusion steps
+  python benchmarks/sampling.py --shapes=b16        # 2 images, 64 steps, 100 diffusion steps (slow on CPU)
+  python benchmarks/sampling.py --shapes=all [--reps=2] [--modes=plain,sad,best_of_k]
+      [--encoder_buckets=4] [--head_buckets=4]
+
+Like the official measurement: random weights, fp32, CFG 3.0 with the linear schedule, the
+frozen T5 features fed as random `cond_embeddings` (the T5 and the VAE decoder do not run;
+the programs stop at the decoded tokens). Modes:
+  plain      P images, N steps;
+  sad        K=4 candidates per prompt batched (K*P), selection after T steps (anchor: 4 of
+             16, B/16: 32 of 64), winners finished at batch P;
+  best_of_k  K*P independent decodes + the internal full-image rerank.
+Prints compile seconds (lower + compile, apart from run time), run seconds (median of
+--reps after the compile) with the process's CPU seconds and the load average (the CPU
+machine is shared: check `cores_busy` and `load_avg` before comparing), the ratio to the official seconds (< 1 = faster), SAD's cost
+against plain and best-of-K next to the analytic (K*T + N - T) / (K*N), and the static
+padding the sampler pays: encoder tokens (visible count rounded up to a bucket) and head
+rows (revealed count rounded up to a bucket), relative to the exact counts.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+OFFICIAL_S = {  # PERF_ANCHOR.md (2-vCPU EPYC, torch CPU, fp32)
+    "anchor": dict(plain=6.73, sad=10.47, best_of_k=26.9),
+    "b16": dict(plain=243.0, sad=float("nan"), best_of_k=float("nan")),
+}
+SHAPES = {  # images P, decoding steps N, diffusion steps, K, T
+    "anchor": dict(prompts=16, steps=16, diffusion="50", k=4, t=4),
+    "b16": dict(prompts=2, steps=64, diffusion="100", k=4, t=32),
+}
+
+
+class TokensOnly:
+  """Stands in for ImageTokens: the programs return tokens (the VAE decoder is not timed,
+  as in the official measurement)."""
+
+  def from_tokens(self, frozen, tokens):
+    return tokens
+
+
+def config_for(shapes: str):
+  if shapes == "anchor":
+    try:
+      from configs import anchor_demo
+      c = anchor_demo.get_config()
+    except ImportError:                 # built inline when the config file is absent
+      from configs import common
+      c = common.base_config()
+      c.model.update(width=256, depth=4, heads=4, dec_width=256, dec_depth=4, dec_heads=4,
+                     buffer_size=16, aligner_depth=2, diff_depth=3, diff_width=256,
+                     num_sampling_steps="50")
+      c.tokenizer.update(image_size=128, tiny_random=True)
+      c.text.update(width=256, layers=4, heads=4, tiny_random=True, cond_len=32)
+      c.masking.group_size = 32
+      c.batch_size = 32
+  else:
+    from configs import dream_b16
+    c = dream_b16.get_config()
+    c.tokenizer.tiny_random = True
+    c.text.tiny_random = True
+  c.compute_dtype = "float32"
+  s = SHAPES[shapes]
+  c.sampling.update(num_steps=s["steps"], num_diffusion_steps=s["diffusion"], cfg=3.0,
+                    cfg_schedule="linear", sad_candidates=s["k"], sad_step=s["t"])
+  return c
+
+
+def inputs(config, p: int, rng: np.random.Generator):
+  t = config.text
+  ids = rng.integers(4, 49406, (p, t.context_length)).astype(np.int32)
+  ids[:, 0], ids[:, 11], ids[:, 12:] = 49406, 49407, 0
+  feats = rng.standard_normal((p, t.cond_len, t.cond_dim)).astype(np.float32)
+  batch = dict(clip_ids=ids, cond_embeddings=feats, cond_mask=np.ones((p, t.cond_len), bool))
+  uncond = {k: v[:1] for k, v in batch.items()}
+  uncond["cond_embeddings"] = rng.standard_normal(feats[:1].shape).astype(np.float32)
+  return jax.device_put(batch), jax.device_put(uncond)
+
+
+def padding_report(dec) -> dict:
+  """Static padding of the per-step buckets (tokens/rows, summed over steps, per image)."""
+  from dream_jax.sampling import schedule as sl
+  s = dec.schedule
+  buf = dec.model.spec.buffer_size
+  vis = s.visible
+  if dec.masked_path:
+    enc_run = np.full_like(vis, s.seq_len)
+  else:
+    enc_run = sl.rounded_up(vis, dec.enc_sizes)
+  head_run = sl.rounded_up(s.revealed, dec.head_sizes)
+  return dict(enc_sizes=list(dec.enc_sizes), head_sizes=list(dec.head_sizes),
+              encoder_tokens_exact=int((vis + buf).sum()),
+              encoder_tokens_run=int((enc_run + buf).sum()),
+              encoder_vs_full_length=round(float((enc_run + buf).sum()) /
+                                           (s.num_steps * (s.seq_len + buf)), 3),
+              head_rows_exact=int(s.revealed.sum()), head_rows_run=int(head_run.sum()),
+              head_rows_single_max=int(s.max_revealed * s.num_steps))
+
+
+def bench(shapes: str, modes, reps: int, enc_b=None, head_b=None) -> dict:
+  from dream_jax.models.api import DreamModel
+  from dream_jax.objective import DreamObjective
+  from dream_jax.sampling import mar, sad
+  c = config_for(shapes)
+  if enc_b is not None:
+    c.model.encoder_buckets = enc_b
+  if head_b is not None:
+    c.model.diffusion_buckets = head_b
+  s = SHAPES[shapes]
+  model = DreamModel(c)
+  t0 = time.perf_counter()
+  variables = jax.jit(model.init)(jax.random.key(0))
+  jax.block_until_ready(variables)
+  t_init = time.perf_counter() - t0
+  np_rng = np.random.default_rng(0)
+  batch, uncond = inputs(c, s["prompts"], np_rng)
+  obj = DreamObjective(model, c, eot_id=49407, uncond=uncond, image_tokens=TokensOnly())
+  dec = mar.MarDecoder(model, mar.options_from_config(c))
+  progs = dict(
+      plain=functools.partial(mar.decode_plain, dec, obj, TokensOnly()),
+      sad=functools.partial(sad.decode_sad, dec, obj, TokensOnly(), num_candidates=s["k"],
+                            sad_step=s["t"]),
+      best_of_k=functools.partial(sad.decode_best_of_k, dec, obj, TokensOnly(),
+                                  num_candidates=s["k"]))
+  args = (variables, {}, batch, uncond, jax.random.key(1), jnp.float32(1.0), jnp.float32(3.0))
+  out = dict(shapes=shapes, images=s["prompts"], steps=s["steps"],
+             diffusion_steps=s["diffusion"], K=s["k"], T=s["t"], init_s=round(t_init, 2),
+             devices=str(jax.devices()[0].device_kind), padding=padding_report(dec))
+  for mode in modes:
+    fn = jax.jit(progs[mode])
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    t_compile = time.perf_counter() - t0
+    times, cpu = [], []
+    for _ in range(reps):
+      t0, c0 = time.perf_counter(), time.process_time()
+      jax.block_until_ready(compiled(*args))
+      times.append(time.perf_counter() - t0)
+      cpu.append(time.process_time() - c0)
+    run = statistics.median(times)
+    off = OFFICIAL_S[shapes][mode]
+    out[mode] = dict(compile_s=round(t_compile, 2), run_s=round(run, 3),
+                     runs=[round(x, 3) for x in times],
+                     # CPU seconds of this process per run and cores busy on average: on a
+                     # shared machine wall time depends on the neighbours, CPU time less so.
+                     cpu_s=round(statistics.median(cpu), 3),
+                     cores_busy=round(statistics.median(cpu) / run, 2),
+                     load_avg=round(os.getloadavg()[0], 2),
+                     official_s=off, ratio_to_official=round(run / off, 3) if off == off else None)
+    print(f"[{shapes}] {mode}: compile {t_compile:.1f} s, run {run:.3f} s, "
+          f"cpu {statistics.median(cpu):.2f} s "
+          f"(official {off} s, ratio {run / off:.3f})", flush=True)
+  if "sad" in out and "plain" in out:
+    k, t, n = s["k"], s["t"], s["steps"]
+    out["sad_vs_plain"] = round(out["sad"]["run_s"] / out["plain"]["run_s"], 3)
+    out["sad_vs_plain_analytic"] = round((k * t + n - t) / n, 3)
+    if "best_of_k" in out:
+      out["sad_vs_best_of_k"] = round(out["sad"]["run_s"] / out["best_of_k"]["run_s"], 3)
+      out["sad_vs_best_of_k_analytic"] = round(sad.sad_cost(k, t, n), 3)
+      out["best_of_k_vs_plain"] = round(out["best_of_k"]["run_s"] / out["plain"]["run_s"], 3)
+  return out
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser()
+  p.add_argument("--shapes", choices=("anchor", "b16", "all"), default="anchor")
+  p.add_argument("--modes", default="plain,sad,best_of_k")
+  p.add_argument("--reps", type=int, default=2)
+  p.add_argument("--encoder_buckets", type=int, default=None)
+  p.add_argument("--head_buckets", type=int, default=None)
+  a = p.parse_args(argv)
+  modes = [m for m in a.modes.split(",") if m]
+  shapes = ("anchor", "b16") if a.shapes == "all" else (a.shapes,)
+  results = [bench(s, modes, a.reps, a.encoder_buckets, a.head_buckets) for s in shapes]
+  print(json.dumps(results, indent=1))
+  return results
+
+
+if __name__ == "__main__":
+  main()
