@@ -200,25 +200,24 @@ class MarDecoder:
     return state._replace(tokens=tokens)
 
   def run(self, variables, state: DecodeState, cond: Cond, rng, temperature, cfg,
-          start: int, stop: int, on_encode: Optional[Callable] = None, carry=None,
-          on_encode_carry: Optional[Callable] = None):
-    """Steps [start, stop) as one `lax.fori_loop`.
+          start: int, stop: int, carry=None, on_encode: Optional[Callable] = None):
+    """Steps [start, stop) as one `lax.fori_loop` over preallocated state.
 
     Without `carry`, returns the new state. With `carry` (any pytree, e.g. a preallocated
-    per-step score array) the body calls `on_encode_carry(carry, s, hidden, valid) -> carry`
-    after the encoder and returns (state, carry).
+    [steps, B] score array) the body calls `on_encode(carry, s, hidden, valid) -> carry`
+    right after the encoder of step s, and the loop returns (state, carry).
     """
     tab = self.tables(cfg)
     if carry is None:
-      body = lambda s, st: self.step(variables, st, cond, rng, temperature, tab, s, on_encode)
+      body = lambda s, st: self.step(variables, st, cond, rng, temperature, tab, s)
       return jax.lax.fori_loop(start, stop, body, state)
 
     def body(s, sc):
       st, c = sc
-      box = [c]
+      box = [c]   # the hook runs inside this trace; box carries its result out
 
       def hook(step, hidden, valid):
-        box[0] = on_encode_carry(box[0], step, hidden, valid)
+        box[0] = on_encode(box[0], step, hidden, valid)
 
       st = self.step(variables, st, cond, rng, temperature, tab, s, hook)
       return st, box[0]

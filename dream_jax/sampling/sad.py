@@ -68,7 +68,7 @@ def decode_sad(decoder: mar.MarDecoder, objective, image_tokens, variables, froz
       return traj.at[s].set(decoder.score(variables, hidden, valid, text_k))
     traj0 = jnp.zeros((t, p * k), jnp.float32)
     state, traj = decoder.run(variables, state, cond_k, rng, temperature, cfg, 0, t,
-                              carry=traj0, on_encode_carry=on_encode)
+                              carry=traj0, on_encode=on_encode)
   else:
     state = decoder.run(variables, state, cond_k, rng, temperature, cfg, 0, t)
 
