@@ -126,7 +126,8 @@ class Checkpointer:
 
   def _check(self, step: int, expected: dict, prefix: str):
     found = {k: v for k, v in self.read_meta(step)["manifest"].items() if k.startswith(prefix)}
-    compare_manifests(found, expected, what=f"checkpoint {self.directory}/{step} ({prefix[:-1]})")
+    part = f" ({prefix.rstrip('/')})" if prefix else ""
+    compare_manifests(found, expected, what=f"checkpoint {self.directory}/{step}{part}")
 
   def restore(self, step: int, target_state: dict) -> tuple[dict, Any]:
     """(train state laid out like `target_state` (arrays or ShapeDtypeStructs with shardings),
@@ -158,6 +159,7 @@ class Checkpointer:
                       what=f"init_from checkpoint {self.directory}/{step} (batch_stats)")
     # Partial restore of the 'state' item: read the whole tree's metadata shapes, keep params.
     core_meta = self.manager.item_metadata(step)["state"]
+    core_meta = dict(getattr(core_meta, "tree", core_meta))
     core_t = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), core_meta)
     core_t["params"] = _abstract(target_params)
     out = self.manager.restore(step, args=ocp.args.Composite(
