@@ -361,3 +361,9 @@ def test_clip_denoised_option():
   small = jnp.concatenate([jnp.zeros((32, 4)), out[:, 4:]], 1)
   np.testing.assert_allclose(d.p_mean_variance(small, x * 0.1, t0, clip_denoised=1.0)["mean"],
                              d.p_mean_variance(small, x * 0.1, t0)["mean"], atol=1e-6)
+
+
+def test_single_step_chain_is_a_clear_error():
+  from dream_jax.diffusion.gaussian import GaussianDiffusion
+  with pytest.raises(ValueError, match="at least 2 steps"):
+    GaussianDiffusion.create("1")

@@ -184,6 +184,10 @@ class GaussianDiffusion:
     betas = np.asarray(betas, dtype=np.float64)
     assert betas.ndim == 1 and (betas > 0).all() and (betas <= 1).all()
     t_count = betas.shape[0]
+    if t_count < 2:
+      # The clipped posterior log-variance repeats entry 1 (reference): undefined for 1 step.
+      raise ValueError(f"a diffusion chain needs at least 2 steps, got {t_count} (e.g. "
+                       "config.model.num_sampling_steps / sampling.num_diffusion_steps = '1')")
     if timestep_map is None:
       timestep_map = np.arange(t_count)
     timestep_map = np.asarray(timestep_map, dtype=np.int64)
@@ -192,8 +196,7 @@ class GaussianDiffusion:
     ac_prev = np.append(1.0, ac[:-1])
     post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
     # The posterior variance is 0 at t = 0; its log is clipped by repeating entry 1.
-    post_log_var = (np.log(np.append(post_var[1], post_var[1:])) if t_count > 1
-                    else np.array([], dtype=np.float64))
+    post_log_var = np.log(np.append(post_var[1], post_var[1:]))
     return cls(
         betas=betas,
         timestep_map=timestep_map,
