@@ -180,6 +180,9 @@ class Trainer:
           row = {k: float(v) for k, v in m.items() if k != "finite"}
           row.update(progress.rates(step))
           row["elapsed_sec"] = time.perf_counter() - t_start
+          # Records the pipeline could not use, by reason (this host's counts).
+          row.update({f"data_skipped/{k}": float(v)
+                      for k, v in train_data.skip_counts().items()})
           last_row.update(writer.write(step, row))
           progress.print(step, row)
         if (c.every and step % c.every == 0) or is_last:
