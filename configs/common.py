@@ -237,8 +237,8 @@ def base_config() -> ConfigDict:
   c.sampling.sad_candidates = 5        # K (paper default)
   c.sampling.sad_step = 32             # T of 64 (official default)
   c.sampling.sad_share = None          # or select after this share of tokens is decoded
-  c.sampling.prompts = ("",)
-  c.sampling.every = 0                 # sample grids during training (0: only at the end)
+  c.sampling.prompts = ()              # fixed prompts of the training-time sample grids
+  c.sampling.every = 0                 # grid every N steps (0: only at the end; none if no prompts)
 
   # ------------------------------------------------------------------- mesh
   c.mesh = ConfigDict()
@@ -255,6 +255,19 @@ def base_config() -> ConfigDict:
   c.evals = ConfigDict()
   c.recipe = "dream"
   return c
+
+
+def paper_config(size: str, arg: str | None) -> ConfigDict:
+  """The paper recipe at `size` with `get_config` arguments recipe=..., runlocal."""
+  a = parse_arg(arg, recipe="dream", runlocal=False)
+  c = base_config()
+  set_model_size(c, size)
+  c.data.name = "wds"                      # img2dataset tar shards of CC12M (paper data)
+  c.data.path = ""                         # e.g. gs://BUCKET/cc12m/{00000..01242}.tar
+  apply_recipe(c, a.recipe)
+  if a.runlocal:
+    runlocal(c)
+  return finalize(c)
 
 
 def set_model_size(c: ConfigDict, size: str) -> None:

@@ -56,6 +56,12 @@ def get_config(arg=None):
   # reference never clips (VAE latents); a head trained for minutes predicts eps at t=999
   # only to ~0.07, which the unclipped first step amplifies ~600x (alpha-bar 2.4e-9).
   c.sampling.clip_denoised = 1.0
+  c.sampling.prompts = (
+      "a large red circle in the top left", "a large blue square in the center",
+      "a large green triangle in the bottom right", "a large yellow diamond on the left",
+      "a small white circle on the right", "a large purple square at the top",
+      "a large orange circle at the bottom", "a large cyan triangle in the top right")
+  c.sampling.every = 0
   c.sampling.update(num_steps=16, num_diffusion_steps="50", cfg=3.0, sad_candidates=4,
                     sad_step=4)
   c.ckpt.update(every=100, keep=2)

@@ -13,12 +13,4 @@ from configs import common
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, recipe="dream", runlocal=False)
-  c = common.base_config()
-  common.set_model_size(c, "L")
-  c.data.name = "wds"                      # img2dataset tar shards of CC12M (paper data)
-  c.data.path = ""                         # e.g. gs://BUCKET/cc12m/{00000..01242}.tar
-  common.apply_recipe(c, a.recipe)
-  if a.runlocal:
-    common.runlocal(c)
-  return common.finalize(c)
+  return common.paper_config("L", arg)

@@ -238,11 +238,26 @@ def test_diffusion_group_gate_and_denominator():
   np.testing.assert_allclose((np.asarray(w) * per_tok).sum(), expect, rtol=1e-6)
 
 
+def _objective_and_batch(cfg, model):
+  """A DreamObjective over the word tokenizer and a batch of 8 captioned random images."""
+  from dream_jax.objective import DreamObjective
+  from dream_jax.tokenizers.word import WordTokenizer
+  tok = WordTokenizer(cfg.text.word_vocab, cfg.text.context_length)
+  u = tok.encode([""])
+  obj = DreamObjective(model, cfg, eot_id=tok.eot_id,
+                       uncond=dict(clip_ids=u, cond_ids=u, cond_mask=tok.padding_mask(u)))
+  words = cfg.text.word_vocab
+  ids = tok.encode([f"a {words[i % len(words)]} {words[(3 * i) % len(words)]}"
+                    for i in range(8)])
+  batch = dict(image=jax.random.uniform(jax.random.key(1), (8, 16, 16, 3), minval=-1, maxval=1),
+               clip_ids=jnp.asarray(ids), cond_ids=jnp.asarray(ids),
+               cond_mask=jnp.asarray(tok.padding_mask(ids)))
+  return obj, batch
+
+
 def test_objective_finite_gradients_in_edge_recipes():
   """CLIP-only (nothing masked) and Fluid (nothing contributes to CLIP): finite grads."""
   from dream_jax.models.api import DreamModel
-  from dream_jax.objective import DreamObjective
-  from dream_jax.tokenizers.word import WordTokenizer
   for recipe in ("clip", "fluid"):
     cfg = tiny_config()
     common.apply_recipe(cfg, recipe)
@@ -250,14 +265,7 @@ def test_objective_finite_gradients_in_edge_recipes():
       cfg.loss.w_contrastive = 0.005  # keep the term: every sample is filtered out
     model = DreamModel(cfg)
     v = model.init(jax.random.key(0))
-    tok = WordTokenizer(cfg.text.word_vocab, cfg.text.context_length)
-    u = tok.encode([""])
-    obj = DreamObjective(model, cfg, eot_id=tok.eot_id,
-                         uncond=dict(clip_ids=u, cond_ids=u, cond_mask=tok.padding_mask(u)))
-    ids = tok.encode(["a red circle"] * 8)
-    batch = dict(image=jax.random.uniform(jax.random.key(1), (8, 16, 16, 3), minval=-1,
-                                          maxval=1), clip_ids=jnp.asarray(ids),
-                 cond_ids=jnp.asarray(ids), cond_mask=jnp.asarray(tok.padding_mask(ids)))
+    obj, batch = _objective_and_batch(cfg, model)
     (loss, (_, met)), g = jax.jit(jax.value_and_grad(
         lambda p: obj(p, v["batch_stats"], {}, batch, jax.random.key(2), 1.0),
         has_aux=True))(v["params"])
@@ -272,22 +280,11 @@ def test_loss_and_grads_equal_on_8_devices_and_one():
   """Global batch sharded over a 4x2 (data, fsdp) mesh == one device: loss, grads, BN stats."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
   from dream_jax.models.api import DreamModel
-  from dream_jax.objective import DreamObjective
-  from dream_jax.tokenizers.word import WordTokenizer
   assert len(jax.devices()) >= 8
   cfg = tiny_config()
   model = DreamModel(cfg)
   v = model.init(jax.random.key(0))
-  tok = WordTokenizer(cfg.text.word_vocab, cfg.text.context_length)
-  u = tok.encode([""])
-  obj = DreamObjective(model, cfg, eot_id=tok.eot_id,
-                       uncond=dict(clip_ids=u, cond_ids=u, cond_mask=tok.padding_mask(u)))
-  words = cfg.text.word_vocab
-  caps = [f"a {words[i % len(words)]} {words[(3 * i) % len(words)]}" for i in range(8)]
-  ids = tok.encode(caps)
-  batch = dict(image=jax.random.uniform(jax.random.key(1), (8, 16, 16, 3), minval=-1, maxval=1),
-               clip_ids=jnp.asarray(ids), cond_ids=jnp.asarray(ids),
-               cond_mask=jnp.asarray(tok.padding_mask(ids)))
+  obj, batch = _objective_and_batch(cfg, model)
   f = jax.value_and_grad(lambda p, bs, b: obj(p, bs, {}, b, jax.random.key(2), 0.6),
                          has_aux=True)
   (l1, (s1, m1)), g1 = jax.jit(f)(v["params"], v["batch_stats"], batch)

@@ -7,8 +7,9 @@ Order of events in `train(config, workdir)`:
   3. resume from the latest W/checkpoints/<step> if any (state, EMA + BN stats, data
      iterator), else `ckpt.init_from`, else fresh;
   4. loop: global batch -> donated jitted step -> metrics (process 0) -> evaluators at step 0,
-     every `evals.<name>.every` steps and at the end -> checkpoints every `ckpt.every` and at
-     the end. A non-finite loss or gradient stops the run with an error; the state that
+     every `evals.<name>.every` steps and at the end -> sample grids of
+     `sampling.prompts` every `sampling.every` steps and at the end (W/samples/step_*.png)
+     -> checkpoints every `ckpt.every` and at the end. A non-finite loss or gradient stops the run with an error; the state that
      produced it is never written, so the last good checkpoint stays the latest.
 """
 from __future__ import annotations
@@ -156,6 +157,23 @@ class Trainer:
               flush=True)
         last_row.update(r)
 
+    sample_every = int(config.sampling.get("every", 0) or 0)
+    prompts = [p for p in config.sampling.prompts if p]
+
+    def write_samples(step):
+      """Grid of `config.sampling.prompts` (plain decoding, EMA weights) -> W/samples/."""
+      fn = predict_fns.get("sample")
+      if fn is None or not prompts:
+        return
+      variables = {"params": state["ema_params"], "batch_stats": state["batch_stats"]}
+      with jax.set_mesh(self.mesh):
+        out = fn(variables, None, prompts, jax.random.key(int(config.seed)))
+      if jax.process_index() == 0:
+        from dream_jax.sampling import images as image_lib
+        path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        image_lib.save_png(image_lib.make_grid(np.asarray(out["images"])), path)
+
     if first_step == 0:
       run_evals(0, final=total == 0)
 
@@ -196,8 +214,11 @@ class Trainer:
         if not is_last and any(every and step % every == 0
                                for _, every, _ in evaluators.values()):
           run_evals(step, final=False)
+        if not is_last and sample_every and step % sample_every == 0:
+          write_samples(step)
       if step == total and total > first_step:
         run_evals(step, final=True)
+        write_samples(step)
     ckpt.close()
     writer.close()
     self.final_state = state
