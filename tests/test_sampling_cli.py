@@ -8,19 +8,7 @@ import pytest
 from PIL import Image
 
 from dream_jax import sample as cli
-
-
-def _config():
-  from configs import dream_b16
-  c = dream_b16.get_config("runlocal")
-  c.tokenizer.kind = "identity"
-  c.tokenizer.patch_size = 4
-  c.text.cond_encoder = "small"
-  c.model.encoder_buckets = 2
-  c.model.diffusion_buckets = 2
-  c.sampling.update(num_steps=4, num_diffusion_steps="3", cfg=3.0, sad_candidates=3,
-                    sad_step=2)
-  return c
+from tests.test_fidelity import _config  # the same tiny sampling config
 
 
 @pytest.fixture(scope="module")
