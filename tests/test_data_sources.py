@@ -273,7 +273,7 @@ def _tiny_builder_class():
 
 
 def test_tfds_array_record_source(tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("tensorflow_datasets")
   cls = _tiny_builder_class()
   builder = cls(data_dir=str(tmp_path), file_format="array_record")
   builder.download_and_prepare()

@@ -4,7 +4,6 @@ import json
 import os
 
 import jax
-import numpy as np
 
 from configs import dream_b16
 from dream_jax import sampling

@@ -126,7 +126,7 @@ def build_cache(config, out: str, *, split: str = "train", num_shards: int = 0,
   from array_record.python.array_record_module import ArrayRecordWriter
 
   from dream_jax.data import _open_source, text_tokenizer
-  from dream_jax.pretrained.frozen import FrozenTextEncoder, ImageTokenizerVAE
+  from dream_jax.pretrained.frozen import ImageTokenizerVAE
 
   source, _ = _open_source(config, split)
   n = len(source) if not max_examples else min(max_examples, len(source))

@@ -30,7 +30,7 @@ and is what the generation-fidelity evaluator runs on generated images.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 

@@ -34,7 +34,6 @@ import dataclasses
 from typing import Optional
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from dream_jax.models import layers

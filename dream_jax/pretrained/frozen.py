@@ -21,7 +21,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dream_jax.pretrained import loading, minilm, t5, vae
 

@@ -23,8 +23,6 @@ a ByT5-style byte tokenizer (pad 0, eos 1, unk 2, byte b -> b + 3; vocabulary 25
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import math
 import os
 from typing import Any, Sequence

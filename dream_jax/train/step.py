@@ -12,7 +12,6 @@ Frozen parameters (VAE / T5) are a separate, replicated argument and never check
 """
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -15,7 +15,6 @@ Order of events in `train(config, workdir)`:
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time
