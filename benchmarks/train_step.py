@@ -111,10 +111,11 @@ def xla_flops(compiled) -> float:
   return float((ca or {}).get("flops", float("nan")))
 
 
-def bench(shapes: str, steps: int) -> dict:
+def bench(shapes: str, steps: int, rng_impl: str = "threefry2x32") -> dict:
   from dream_jax.train import sharding
   from dream_jax.train.trainer import Trainer
   config = config_for(shapes)
+  config.rng_impl = rng_impl
   t0 = time.perf_counter()
   tr = Trainer(config)
   state = tr.fresh_state()
@@ -149,10 +150,13 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--shapes", default="anchor", choices=("anchor", "b16", "all", "demo"))
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--rng_impl", default="threefry2x32",
+                 choices=("threefry2x32", "rbg", "unsafe_rbg"),
+                 help="config.rng_impl: the PRNG behind the dropout masks")
   a = p.parse_args()
   for s in (("anchor", "b16") if a.shapes == "all" else (a.shapes,)):
-    r = bench(s, a.steps)
-    print(f"[{s}] batch {r['batch']} on {r['device']}: step {r['step_s']:.3f} s "
+    r = bench(s, a.steps, a.rng_impl)
+    print(f"[{s}] rng {a.rng_impl}, batch {r['batch']} on {r['device']}: step {r['step_s']:.3f} s "
           f"(official {r['official_step_s']} s, speedup x{r['speedup_vs_official']:.2f}), "
           f"{r['examples_per_s']:.1f} ex/s, compile {r['compile_s']:.1f} s")
     print(f"[{s}] FLOPs/step: analytic {r['analytic_gflop']:.1f} GFLOP, XLA cost analysis "

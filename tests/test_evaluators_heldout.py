@@ -50,12 +50,14 @@ def test_evaluator_run_with_fake_predict_fns():
   fns = dict(embed_image=lambda v, b: emb[b["idx"]],
              embed_text=lambda v, b: np.where(b["idx"][:, None] % 2 == 0, emb[b["idx"]],
                                               -emb[b["idx"]]),
-             diffusion_loss_at=lambda v, b, r, s: np.full(len(b["idx"]), r) + b["idx"])
+             diffusion_loss_at=lambda v, b, r, s, other=False: (
+                 np.full(len(b["idx"]), r) + b["idx"] + 0.25 * other))
   cfg = ml_collections.ConfigDict(dict(kind="heldout", every=1, diffusion_ratio=0.9, seed=0))
   out = Evaluator(cfg, config=None).run(fns, FakeData(emb), None, step=0)
   assert out["num_examples"] == 29                          # 3 padding rows dropped
   assert out["r1_i2t"] == pytest.approx(15 / 29)            # even rows match, odd anti-match
   assert out["diffusion_loss@0.9"] == pytest.approx(0.9 + np.arange(29).mean())
+  assert out["z_info@0.9"] == pytest.approx(0.25)
   assert set(EVALUATORS) >= {"heldout", "fidelity"} and get_evaluator("heldout") is Evaluator
   with pytest.raises(ValueError, match="unknown evaluator"):
     get_evaluator("nope")
@@ -84,6 +86,16 @@ def test_heldout_on_tiny_model_predict_fns():
     lo = fns["diffusion_loss_at"](variables, batch, 0.5, 0)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (len(batch["clip_ids"]),) and not np.allclose(a, lo)
+    # Another sample's condition changes the loss (same t, noise and order otherwise). A
+    # fresh head ignores z (zero-init adaLN and output layer), so perturb the weights first.
+    leaves, tree = jax.tree.flatten(variables["params"])
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    noisy = dict(variables, params=jax.tree.unflatten(tree, [
+        p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]))
+    own = fns["diffusion_loss_at"](noisy, batch, 0.9, 0)
+    other = fns["diffusion_loss_at"](noisy, batch, 0.9, 0, True)
+    assert other.shape == a.shape and not np.allclose(other, own)
     cfg = ml_collections.ConfigDict(dict(kind="heldout", every=1, diffusion_ratio=0.9, seed=0))
     out = Evaluator(cfg, config=c).run(fns, data, variables, step=0)
   assert out["num_examples"] == 12 and 0 <= out["r1_i2t"] <= 1
+  assert np.isfinite(out["z_info@0.9"])

@@ -163,3 +163,26 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(NonFiniteError, match="at step 3.*last good checkpoint is step 2"):
     tr.run(str(tmp_path))
   assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).all_steps() == [2]
+
+
+def test_rng_impl_is_a_config_choice():
+  """config.rng_impl switches the PRNG of the whole run (the state's key has its shape);
+  the default is restored by the next Trainer; a bad name is a config error."""
+  from dream_jax.data import make_dataset
+  from dream_jax.train import sharding
+  from dream_jax.train.trainer import Trainer
+  with pytest.raises(ValueError, match="rng_impl"):
+    tiny_config(rng_impl="mersenne")
+  c = tiny_config(rng_impl="unsafe_rbg")
+  c.model.update(attn_dropout=0.1, proj_dropout=0.1)
+  try:
+    tr = Trainer(c, devices=jax.devices()[:1])
+    state = tr.fresh_state()
+    assert state["rng"].shape == (4,)                     # rbg key data (threefry: (2,))
+    batch = next(make_dataset(c, "train").iterator())
+    with jax.set_mesh(tr.mesh):
+      new, m = tr.train_step(state, tr.frozen, sharding.global_batch(tr.mesh, batch))
+    assert np.isfinite(float(m["loss"])) and int(new["step"]) == 1
+  finally:
+    Trainer(tiny_config(), devices=jax.devices()[:1])
+  assert jax.config.jax_default_prng_impl == "threefry2x32"

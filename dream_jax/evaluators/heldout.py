@@ -3,6 +3,11 @@
   diffusion_loss@<r>   mean per-sample diffusion loss with mask ratio r (default 0.9), the
                        true caption, and FIXED orders, t and noise (seed), so the number is
                        comparable between steps and runs.
+  z_info@<r>           diffusion_loss@<r> with every sample given the NEXT sample's decoder
+                       condition z (same positions, t and noise) minus diffusion_loss@<r>:
+                       what z tells the head about this image. ~0 means the decoder's output
+                       has collapsed to an image-independent condition (the head then samples
+                       the marginal token distribution: right colours, scattered patches).
   r1_i2t, r1_t2i       contrastive retrieval recall@1 at mask ratio 0 over the whole eval
                        set: image -> caption and caption -> image by cosine similarity.
                        A hit is the query's own partner OR an item with an identical caption
@@ -43,10 +48,12 @@ class Evaluator:
 
     def fn(batch):
       return dict(img=embed_image(variables, batch), txt=embed_text(variables, batch),
-                  diff=diff_at(variables, batch, self.ratio, self.seed))
+                  diff=diff_at(variables, batch, self.ratio, self.seed),
+                  diff_other=diff_at(variables, batch, self.ratio, self.seed, True))
 
     res = eval_pass(eval_data, fn, keys=("clip_ids",))
     out = retrieval_r1(res["img"].astype(np.float64), res["txt"].astype(np.float64),
                        res["clip_ids"])
     out[f"diffusion_loss@{self.ratio:g}"] = float(res["diff"].mean())
+    out[f"z_info@{self.ratio:g}"] = float(res["diff_other"].mean() - res["diff"].mean())
     return out

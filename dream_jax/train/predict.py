@@ -8,10 +8,13 @@ device count, laid out over the mesh and the jitted function runs on the global 
   embed_image(variables, batch) -> [b, E] f32   unit-norm image embedding, nothing masked
                                                 (ratio 0), BN running statistics
   embed_text(variables, batch)  -> [b, E] f32   unit-norm caption embedding (clip_ids)
-  diffusion_loss_at(variables, batch, ratio, seed) -> [b] f32
+  diffusion_loss_at(variables, batch, ratio, seed, other_z=False) -> [b] f32
         per-sample diffusion loss at a FIXED mask ratio: random order, t and noise from
         `seed` (the same every call, so numbers are comparable across steps); the true
         caption (no caption dropout); mean over the sample's masked tokens and draws.
+        other_z=True gives each sample the decoder condition z of the NEXT sample in the
+        batch (same positions, same t and noise): the loss rise it causes measures how much
+        z says about this particular image.
 Sampling functions (`sample`, `sample_sad`, `best_of_k`) come from
 `dream_jax.sampling.make_predict_fns` when that module exists.
 """
@@ -71,8 +74,8 @@ def make_predict_fns(components, frozen, mesh) -> dict:
     ids = batch["clip_ids"]
     return model.embed_text(variables, ids, model.eot_positions(ids, eot))[0]
 
-  @functools.partial(jax.jit, static_argnums=(2, 3), out_shardings=out_sh)
-  def diffusion_loss_at(variables, batch, ratio: float, seed: int):
+  @functools.partial(jax.jit, static_argnums=(2, 3, 4), out_shardings=out_sh)
+  def diffusion_loss_at(variables, batch, ratio: float, seed: int, other_z: bool = False):
     k_order, k_diff = jax.random.split(jax.random.key(seed))
     tokens = tok.to_tokens(frozen.get("vae"), batch, jax.random.key(0), sample=False)
     b, l, _ = tokens.shape
@@ -81,6 +84,8 @@ def make_predict_fns(components, frozen, mesh) -> dict:
     enc = model.encode_image(variables, tokens, ~mask, train=False)
     ctx, ctx_mask = obj.condition(variables, frozen, batch, drop=None, train=False)
     z = model.decode(variables, enc.hidden, enc.valid, ctx, ctx_mask, train=False)
+    if other_z:
+      z = jnp.roll(z, 1, axis=0)
     m = mask.astype(jnp.float32)
     _, per_tok = model.diffusion_loss(variables, z, tokens, m, k_diff)
     return (per_tok * m).sum(1) / jnp.maximum(m.sum(1), 1.0)

@@ -64,6 +64,8 @@ class Trainer:
   def __init__(self, config, *, devices=None):
     self.config = config
     check_accumulation(config)
+    # Process-wide (jax has one default PRNG): every key made from here on uses it.
+    jax.config.update("jax_default_prng_impl", config.get("rng_impl", "threefry2x32"))
     self.mesh = sharding.make_mesh(config, devices)
     self.components = Components(config)
     self.tx = optim.make_optimizer(config)
