@@ -111,11 +111,12 @@ def xla_flops(compiled) -> float:
   return float((ca or {}).get("flops", float("nan")))
 
 
-def bench(shapes: str, steps: int, rng_impl: str = "threefry2x32") -> dict:
+def bench(shapes: str, steps: int, rng_impl: str | None = None) -> dict:
   from dream_jax.train import sharding
   from dream_jax.train.trainer import Trainer
   config = config_for(shapes)
-  config.rng_impl = rng_impl
+  if rng_impl:
+    config.rng_impl = rng_impl
   t0 = time.perf_counter()
   tr = Trainer(config)
   state = tr.fresh_state()
@@ -150,8 +151,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--shapes", default="anchor", choices=("anchor", "b16", "all", "demo"))
   p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--rng_impl", default="threefry2x32",
-                 choices=("threefry2x32", "rbg", "unsafe_rbg"),
+  from configs.common import RNG_IMPLS
+  p.add_argument("--rng_impl", default=RNG_IMPLS[0], choices=RNG_IMPLS,
                  help="config.rng_impl: the PRNG behind the dropout masks")
   a = p.parse_args()
   for s in (("anchor", "b16") if a.shapes == "all" else (a.shapes,)):

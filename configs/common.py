@@ -44,6 +44,7 @@ MODEL_SIZES = {
 }
 
 RECIPES = ("dream", "fluid", "clip", "nowarmup")
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")   # config.rng_impl; the first is the default
 
 
 def parse_arg(arg: str | None, **defaults) -> ConfigDict:
@@ -81,7 +82,7 @@ def base_config() -> ConfigDict:
   # default) gives the same numbers on any mesh; 'unsafe_rbg' / 'rbg' use XLA's RngBitGenerator,
   # much cheaper for dropout masks on CPU/GPU (benchmarks/train_step.py), but the values depend
   # on the backend and sharding. Checkpoints remember it (the key shape differs).
-  c.rng_impl = "threefry2x32"
+  c.rng_impl = RNG_IMPLS[0]
   c.total_steps = 48 * 12_423_374 // 2048  # 48 epochs of CC12M at batch 2048 (paper)
   c.batch_size = 2048                        # global batch (paper)
   c.compute_dtype = "bfloat16"               # bf16 compute, fp32 params (paper)
@@ -369,8 +370,7 @@ def validate(c: ConfigDict) -> None:
 
   need(c.recipe in RECIPES, "recipe", f"must be one of {RECIPES}")
   need(c.total_steps > 0, "total_steps", "must be > 0")
-  need(c.get("rng_impl", "threefry2x32") in ("threefry2x32", "rbg", "unsafe_rbg"), "rng_impl",
-       "'threefry2x32', 'rbg' or 'unsafe_rbg'")
+  need(c.get("rng_impl", RNG_IMPLS[0]) in RNG_IMPLS, "rng_impl", f"one of {RNG_IMPLS}")
   need(c.batch_size > 0, "batch_size", "must be > 0")
   need(c.batch_size % c.masking.group_size == 0, "batch_size",
        f"{c.batch_size} is not divisible by masking.group_size={c.masking.group_size}")

@@ -50,8 +50,9 @@ def test_evaluator_run_with_fake_predict_fns():
   fns = dict(embed_image=lambda v, b: emb[b["idx"]],
              embed_text=lambda v, b: np.where(b["idx"][:, None] % 2 == 0, emb[b["idx"]],
                                               -emb[b["idx"]]),
-             diffusion_loss_at=lambda v, b, r, s, other=False: (
-                 np.full(len(b["idx"]), r) + b["idx"] + 0.25 * other))
+             diffusion_loss_at=lambda v, b, r, s, other=False: dict(
+                 own=np.full(len(b["idx"]), r) + b["idx"],
+                 other=np.full(len(b["idx"]), r) + b["idx"] + 0.25))
   cfg = ml_collections.ConfigDict(dict(kind="heldout", every=1, diffusion_ratio=0.9, seed=0))
   out = Evaluator(cfg, config=None).run(fns, FakeData(emb), None, step=0)
   assert out["num_examples"] == 29                          # 3 padding rows dropped
@@ -93,7 +94,9 @@ def test_heldout_on_tiny_model_predict_fns():
     noisy = dict(variables, params=jax.tree.unflatten(tree, [
         p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]))
     own = fns["diffusion_loss_at"](noisy, batch, 0.9, 0)
-    other = fns["diffusion_loss_at"](noisy, batch, 0.9, 0, True)
+    both = fns["diffusion_loss_at"](noisy, batch, 0.9, 0, True)
+    np.testing.assert_array_equal(both["own"], own)        # one pass gives the plain loss too
+    other = both["other"]
     assert other.shape == a.shape and not np.allclose(other, own)
     cfg = ml_collections.ConfigDict(dict(kind="heldout", every=1, diffusion_ratio=0.9, seed=0))
     out = Evaluator(cfg, config=c).run(fns, data, variables, step=0)

@@ -47,9 +47,9 @@ class Evaluator:
     diff_at = predict_fns["diffusion_loss_at"]
 
     def fn(batch):
+      diff = diff_at(variables, batch, self.ratio, self.seed, True)
       return dict(img=embed_image(variables, batch), txt=embed_text(variables, batch),
-                  diff=diff_at(variables, batch, self.ratio, self.seed),
-                  diff_other=diff_at(variables, batch, self.ratio, self.seed, True))
+                  diff=diff["own"], diff_other=diff["other"])
 
     res = eval_pass(eval_data, fn, keys=("clip_ids",))
     out = retrieval_r1(res["img"].astype(np.float64), res["txt"].astype(np.float64),

@@ -55,11 +55,15 @@ def compare_manifests(found: dict, expected: dict, *, what: str) -> None:
   raise ValueError("\n".join(lines))
 
 
+def ema_variables(state: dict) -> dict:
+  """The 'ema' item, and what evaluators and samplers run: EMA params + BatchNorm stats."""
+  return {"params": state["ema_params"], "batch_stats": state["batch_stats"]}
+
+
 def split_state(state: dict) -> tuple[dict, dict]:
   """Train state -> (state item, ema item)."""
   core = {k: state[k] for k in ("step", "params", "opt_state", "rng")}
-  ema = {"params": state["ema_params"], "batch_stats": state["batch_stats"]}
-  return core, ema
+  return core, ema_variables(state)
 
 
 def join_state(core: dict, ema: dict) -> dict:

@@ -12,9 +12,10 @@ device count, laid out over the mesh and the jitted function runs on the global 
         per-sample diffusion loss at a FIXED mask ratio: random order, t and noise from
         `seed` (the same every call, so numbers are comparable across steps); the true
         caption (no caption dropout); mean over the sample's masked tokens and draws.
-        other_z=True gives each sample the decoder condition z of the NEXT sample in the
-        batch (same positions, same t and noise): the loss rise it causes measures how much
-        z says about this particular image.
+        other_z=True returns {'own': [b], 'other': [b]} from ONE encoder/decoder pass:
+        'other' gives each sample the decoder condition z of the NEXT sample in the batch
+        (same positions, same t and noise); the loss rise measures how much z says about
+        this particular image.
 Sampling functions (`sample`, `sample_sad`, `best_of_k`) come from
 `dream_jax.sampling.make_predict_fns` when that module exists.
 """
@@ -84,11 +85,15 @@ def make_predict_fns(components, frozen, mesh) -> dict:
     enc = model.encode_image(variables, tokens, ~mask, train=False)
     ctx, ctx_mask = obj.condition(variables, frozen, batch, drop=None, train=False)
     z = model.decode(variables, enc.hidden, enc.valid, ctx, ctx_mask, train=False)
-    if other_z:
-      z = jnp.roll(z, 1, axis=0)
     m = mask.astype(jnp.float32)
-    _, per_tok = model.diffusion_loss(variables, z, tokens, m, k_diff)
-    return (per_tok * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+    def per_sample(z):
+      _, per_tok = model.diffusion_loss(variables, z, tokens, m, k_diff)
+      return (per_tok * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+    if not other_z:
+      return per_sample(z)
+    return dict(own=per_sample(z), other=per_sample(jnp.roll(z, 1, axis=0)))
 
   fns = dict(embed_image=hosted(mesh, embed_image), embed_text=hosted(mesh, embed_text),
              diffusion_loss_at=hosted(mesh, diffusion_loss_at))

@@ -9,8 +9,9 @@ Order of events in `train(config, workdir)`:
   4. loop: global batch -> donated jitted step -> metrics (process 0) -> evaluators at step 0,
      every `evals.<name>.every` steps and at the end -> sample grids of
      `sampling.prompts` every `sampling.every` steps and at the end (W/samples/step_*.png)
-     -> checkpoints every `ckpt.every` and at the end. A non-finite loss or gradient stops the run with an error; the state that
-     produced it is never written, so the last good checkpoint stays the latest.
+     -> checkpoints every `ckpt.every` and at the end. A non-finite loss or gradient stops
+     the run with an error; the state that produced it is never written, so the last good
+     checkpoint stays the latest.
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class Trainer:
     self.config = config
     check_accumulation(config)
     # Process-wide (jax has one default PRNG): every key made from here on uses it.
-    jax.config.update("jax_default_prng_impl", config.get("rng_impl", "threefry2x32"))
+    from configs.common import RNG_IMPLS
+    jax.config.update("jax_default_prng_impl", config.get("rng_impl", RNG_IMPLS[0]))
     self.mesh = sharding.make_mesh(config, devices)
     self.components = Components(config)
     self.tx = optim.make_optimizer(config)
@@ -140,7 +142,7 @@ class Trainer:
 
     def run_evals(step, final):
       rows = {}
-      variables = {"params": state["ema_params"], "batch_stats": state["batch_stats"]}
+      variables = ckpt_lib.ema_variables(state)
       for name, (ev, every, at_start) in evaluators.items():
         due = (step == 0 and at_start) or final or (every and step % every == 0)
         if not due:
@@ -166,7 +168,7 @@ class Trainer:
       fn = predict_fns.get("sample")
       if fn is None or not prompts:
         return
-      variables = {"params": state["ema_params"], "batch_stats": state["batch_stats"]}
+      variables = ckpt_lib.ema_variables(state)
       with jax.set_mesh(self.mesh):
         out = fn(variables, None, prompts, jax.random.key(int(config.seed)))
       if jax.process_index() == 0:
