@@ -98,6 +98,11 @@ def test_heldout_on_tiny_model_predict_fns():
     np.testing.assert_array_equal(both["own"], own)        # one pass gives the plain loss too
     other = both["other"]
     assert other.shape == a.shape and not np.allclose(other, own)
+    # Every sample masks the same positions: in a batch of copies of one example, another
+    # sample's z IS this sample's z (per-sample masks would swap in z from other positions).
+    same = {k: np.repeat(np.asarray(x)[:1], len(x), axis=0) for k, x in batch.items()}
+    copies = fns["diffusion_loss_at"](noisy, same, 0.9, 0, True)
+    np.testing.assert_allclose(copies["other"], copies["own"], rtol=1e-6)
     cfg = ml_collections.ConfigDict(dict(kind="heldout", every=1, diffusion_ratio=0.9, seed=0))
     out = Evaluator(cfg, config=c).run(fns, data, variables, step=0)
   assert out["num_examples"] == 12 and 0 <= out["r1_i2t"] <= 1

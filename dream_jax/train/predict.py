@@ -9,13 +9,16 @@ device count, laid out over the mesh and the jitted function runs on the global 
                                                 (ratio 0), BN running statistics
   embed_text(variables, batch)  -> [b, E] f32   unit-norm caption embedding (clip_ids)
   diffusion_loss_at(variables, batch, ratio, seed, other_z=False) -> [b] f32
-        per-sample diffusion loss at a FIXED mask ratio: random order, t and noise from
-        `seed` (the same every call, so numbers are comparable across steps); the true
-        caption (no caption dropout); mean over the sample's masked tokens and draws.
+        per-sample diffusion loss at a FIXED mask ratio: one random set of masked positions
+        shared by every sample, t and noise from `seed` (the same every call, so numbers
+        are comparable across steps); the true caption (no caption dropout); mean over the
+        sample's masked tokens and draws.
         other_z=True returns {'own': [b], 'other': [b]} from ONE encoder/decoder pass:
         'other' gives each sample the decoder condition z of the NEXT sample in the batch
         (same positions, same t and noise); the loss rise measures how much z says about
-        this particular image.
+        this particular image. The masked positions are shared so that a swapped z is
+        always a masked position's z (with per-sample masks some would come from a visible
+        position of the other sample, and z there can differ for that reason alone).
 Sampling functions (`sample`, `sample_sad`, `best_of_k`) come from
 `dream_jax.sampling.make_predict_fns` when that module exists.
 """
@@ -80,7 +83,7 @@ def make_predict_fns(components, frozen, mesh) -> dict:
     k_order, k_diff = jax.random.split(jax.random.key(seed))
     tokens = tok.to_tokens(frozen.get("vae"), batch, jax.random.key(0), sample=False)
     b, l, _ = tokens.shape
-    orders = masking.random_orders(k_order, b, l)
+    orders = jnp.broadcast_to(masking.random_orders(k_order, 1, l), (b, l))
     mask = masking.mask_from_orders(orders, masking.num_masked(jnp.full((b,), ratio), l))
     enc = model.encode_image(variables, tokens, ~mask, train=False)
     ctx, ctx_mask = obj.condition(variables, frozen, batch, drop=None, train=False)
