@@ -49,7 +49,9 @@ def make_probe(config, readout: str, ratio: float, seed: int = 0):
   batches: (train iterator of device batches, one held-out batch).
   """
   from dream_jax.data import make_dataset
+  from dream_jax.train import sharding
   from dream_jax.train.components import Components
+  from dream_jax.train.schedule import peak_learning_rate
 
   if not 0.0 < ratio < 1.0:
     raise ValueError(f"--ratio must be in (0, 1), got {ratio}")
@@ -62,8 +64,8 @@ def make_probe(config, readout: str, ratio: float, seed: int = 0):
                              b=jnp.zeros((spec.token_dim,))))
   frozen = comp.init_frozen()
   o = config.optim
-  lr = float(o.lr) if o.lr is not None else float(o.base_lr) * config.batch_size / 256.0
-  tx = optax.adamw(lr, b1=float(o.b1), b2=float(o.b2), weight_decay=0.0)
+  tx = optax.adamw(peak_learning_rate(config), b1=float(o.b1), b2=float(o.b2),
+                   weight_decay=0.0)
 
   def z_of(p, batch, visible):
     var = {"params": p["net"], "batch_stats": variables.get("batch_stats", {})}
@@ -111,12 +113,10 @@ def make_probe(config, readout: str, ratio: float, seed: int = 0):
     spread = jnp.sum(jnp.std(z, axis=0).mean(-1) * m[0]) / jnp.maximum(m[0].sum(), 1.0) / rms
     return dict(own=own, other=other, gap=(other - own) / own, spread=spread)
 
-  def device_batch(raw):
-    return {k: jnp.asarray(x) for k, x in raw.items()
-            if hasattr(x, "dtype") and x.dtype != object}
-
-  train = (device_batch(r) for r in make_dataset(config, "train").iterator())
-  held_out = device_batch(next(iter(make_dataset(config, "eval").iterator())))
+  # One device: the probe is a small single-process diagnostic.
+  mesh = sharding.make_mesh(config, jax.devices()[:1])
+  train = (sharding.global_batch(mesh, r) for r in make_dataset(config, "train").iterator())
+  held_out = sharding.global_batch(mesh, next(iter(make_dataset(config, "eval").iterator())))
   return params, tx.init(params), step_fn, eval_fn, (train, held_out)
 
 
