@@ -5,7 +5,9 @@
 Cost: about 5-6 minutes on a 2-core CPU (compile ~1 min, training, evaluation and sampling).
 Reaches (measured, README): held-out retrieval R@1 ~0.35 against a ~1/256 chance level.
 Generation is NOT learned yet at this budget: the checker's colour accuracy is 0 (chance
-0.11); README "Why generation failed" gives the diagnosis.
+0.11); README "Why generation failed" gives the diagnosis. Longer runs do not reach it either:
+`:steps=3000` (52 min) scores 0.09 plain / 0.08 SAD, although the samples carry the prompt's
+colour from ~1000 steps on (scattered patches, not one object).
 
 What differs from the paper recipe, on purpose (DESIGN.md section 2, "small runs"):
   * pixels cut into 4x4 patches (identity tokenizer, 32 px -> 64 tokens of dim 48) instead
