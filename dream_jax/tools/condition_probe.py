@@ -64,7 +64,6 @@ def make_probe(config, readout: str, ratio: float, seed: int = 0):
   batches: (train iterator of device batches, one held-out batch).
   """
   from dream_jax.train.components import Components
-  from dream_jax.train.schedule import peak_learning_rate
 
   if not 0.0 < ratio < 1.0:
     raise ValueError(f"--ratio must be in (0, 1), got {ratio}")
@@ -76,9 +75,7 @@ def make_probe(config, readout: str, ratio: float, seed: int = 0):
                 readout=dict(w=jnp.zeros((spec.dec_width, spec.token_dim)),
                              b=jnp.zeros((spec.token_dim,))))
   frozen = comp.init_frozen()
-  o = config.optim
-  tx = optax.adamw(peak_learning_rate(config), b1=float(o.b1), b2=float(o.b2),
-                   weight_decay=0.0)
+  tx = _optimizer(config)
 
   def z_of(p, batch, visible, layers=False):
     var = {"params": p["net"], "batch_stats": variables.get("batch_stats", {})}
@@ -138,6 +135,14 @@ def make_probe(config, readout: str, ratio: float, seed: int = 0):
   return params, tx.init(params), step_fn, eval_fn, _batches(config)
 
 
+def _optimizer(config):
+  """AdamW at the config's peak learning rate, constant, no weight decay (both probes)."""
+  from dream_jax.train.schedule import peak_learning_rate
+  o = config.optim
+  return optax.adamw(peak_learning_rate(config), b1=float(o.b1), b2=float(o.b2),
+                     weight_decay=0.0)
+
+
 def _batches(config):
   """(train iterator of device batches, one held-out batch) on ONE device: the probes are
   small single-process diagnostics."""
@@ -166,7 +171,6 @@ def make_head_probe(config, seed: int = 0):
   of tokens sampled within 0.2 rms.
   """
   from dream_jax.train.components import Components
-  from dream_jax.train.schedule import peak_learning_rate
 
   comp = Components(config)
   model, tokens_of = comp.model, comp.image_tokens
@@ -176,9 +180,7 @@ def make_head_probe(config, seed: int = 0):
   proj = proj / jnp.sqrt(spec.token_dim)
   frozen = comp.init_frozen()
   params = variables["params"]["diffloss"]
-  o = config.optim
-  tx = optax.adamw(peak_learning_rate(config), b1=float(o.b1), b2=float(o.b2),
-                   weight_decay=0.0)
+  tx = _optimizer(config)
   clip = config.sampling.get("clip_denoised")
 
   def var_of(p):
