@@ -171,9 +171,18 @@ class DreamModel:
     return self._apply(variables, method=DREAM.condition, rng=rng, deterministic=not train,
                        **kw)
 
-  def decode(self, variables, hidden, valid, ctx, ctx_mask=None, *, train=False, rng=None):
-    """z [B,L,Ddec] f32. `ctx_mask` is applied only with model.mask_text_padding."""
+  def decode(self, variables, hidden, valid, ctx, ctx_mask=None, *, train=False, rng=None,
+             capture_intermediates: bool = False):
+    """z [B,L,Ddec] f32. `ctx_mask` is applied only with model.mask_text_padding.
+
+    With `capture_intermediates` returns (z, intermediates): every submodule's output, as
+    flax's `capture_intermediates` collects it (diagnostics, e.g. tools/condition_probe).
+    """
     m = ctx_mask if self.mask_text_padding else None
+    if capture_intermediates:
+      z, state = self._apply(variables, hidden, valid, ctx, m, not train, method=DREAM.decode,
+                             rng=rng, capture_intermediates=True)
+      return z, state["intermediates"]
     return self._apply(variables, hidden, valid, ctx, m, not train, method=DREAM.decode,
                        rng=rng)
 

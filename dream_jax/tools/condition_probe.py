@@ -85,11 +85,9 @@ def make_probe(config, readout: str, ratio: float, seed: int = 0):
     if not layers:
       return var, x, model.decode(var, enc.hidden, enc.valid, ctx, ctx_mask)
     # The same decode, with every submodule's output captured (see `_layer_spreads`).
-    from dream_jax.models.dream import DREAM
-    z, state = model.module.apply(
-        var, enc.hidden, enc.valid, ctx, ctx_mask if model.mask_text_padding else None, True,
-        method=DREAM.decode, capture_intermediates=True)
-    return var, x, z, ctx, state["intermediates"]
+    z, inter = model.decode(var, enc.hidden, enc.valid, ctx, ctx_mask,
+                            capture_intermediates=True)
+    return var, x, z, ctx, inter
 
   def per_token(p, var, x, z, key):
     """[B, L] readout loss of every token."""
