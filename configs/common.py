@@ -120,6 +120,10 @@ def base_config() -> ConfigDict:
   c.model.diffusion_batch_mul = 4          # (t, noise) draws per token (paper)
   c.model.num_train_timesteps = 1000
   c.model.noise_schedule = "cosine"
+  # What the head predicts and where its MSE is taken (diffusion/gaussian.py): the paper / MAR
+  # predict eps with an eps MSE. 'x0' + 'v' is for small pixel-token runs (configs/demo.py).
+  c.model.diffusion_prediction = "eps"     # 'eps' (paper) | 'x0'
+  c.model.diffusion_loss_space = "eps"     # 'eps' (paper) | 'v' | 'x0'
   c.model.num_sampling_steps = "100"       # respaced steps for sampling (space_timesteps spec)
   # Encoder path: 'drop' = MAE token dropping with bucketed visible count (less compute),
   # 'masked' = full length with an attention mask. Same results on the same visible set.
@@ -137,6 +141,9 @@ def base_config() -> ConfigDict:
   c.tokenizer.vae_stride = 8
   c.tokenizer.latent_channels = 4
   c.tokenizer.scale_factor = 0.18215
+  # identity tokens = (pixel - pixel_shift) * pixel_scale (the VAE's shift / scaling factors)
+  c.tokenizer.pixel_shift = 0.0
+  c.tokenizer.pixel_scale = 1.0
   c.tokenizer.sample_posterior = True  # training samples the posterior (paper)
   c.tokenizer.tiny_random = False      # runlocal: tiny random-weight VAE of the same architecture
   c.tokenizer.dtype = "float32"
@@ -200,6 +207,7 @@ def base_config() -> ConfigDict:
   c.optim.b2 = 0.95
   c.optim.weight_decay = 0.04
   c.optim.grad_clip = 3.0
+  c.optim.head_lr_mult = 1.0           # lr multiplier of the diffusion head (paper: none)
   # The reference exempts `.bias`, 1-D params and the whole diffusion head, which means it DOES
   # decay logit_scale, position embeddings, mask token, buffer and token embeddings.
   c.optim.decay_logit_scale = True
@@ -380,6 +388,12 @@ def validate(c: ConfigDict) -> None:
   need(c.model.encoder_path in ("drop", "masked"), "model.encoder_path", "'drop' or 'masked'")
   need(c.model.encoder_buckets >= 1, "model.encoder_buckets", "must be >= 1")
   need(c.model.diffusion_buckets >= 1, "model.diffusion_buckets", "must be >= 1")
+  need(c.model.noise_schedule in ("cosine", "linear"), "model.noise_schedule",
+       "'cosine' or 'linear'")
+  need(c.model.diffusion_prediction in ("eps", "x0"), "model.diffusion_prediction",
+       "'eps' or 'x0'")
+  need(c.model.diffusion_loss_space in ("eps", "v", "x0"), "model.diffusion_loss_space",
+       "'eps', 'v' or 'x0'")
   need(c.tokenizer.kind in ("vae", "identity"), "tokenizer.kind", "'vae' or 'identity'")
   need(c.text.tokenizer in ("clip_bpe", "word"), "text.tokenizer", "'clip_bpe' or 'word'")
   if c.text.tokenizer == "word":
@@ -398,6 +412,8 @@ def validate(c: ConfigDict) -> None:
   need(0.0 <= c.schedule.warmup <= 1.0, "schedule.warmup", "fraction of total_steps in [0, 1]")
   need(c.schedule.kind in ("warmup_constant", "warmup_cosine"), "schedule.kind",
        "'warmup_constant' or 'warmup_cosine'")
+  need(c.tokenizer.pixel_scale > 0, "tokenizer.pixel_scale", "must be > 0")
+  need(c.optim.head_lr_mult > 0, "optim.head_lr_mult", "must be > 0")
   need(c.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
   need(c.batch_size % c.grad_accum_steps == 0, "grad_accum_steps", "must divide batch_size")
   if c.grad_accum_steps > 1 and c.loss.w_contrastive > 0:

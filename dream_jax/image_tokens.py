@@ -2,7 +2,10 @@
 
   'vae'      (paper) 256x256 RGB -> frozen SD KL-VAE posterior (sampled in training, scaled
              by 0.18215) -> 32x32x4 latent -> 2x2 patches -> 256 tokens of dim 16.
-  'identity' (tiny runs) pixels in [-1, 1] cut directly into p x p patches (dim 3*p*p).
+  'identity' (tiny runs) pixels in [-1, 1] cut directly into p x p patches (dim 3*p*p),
+             as (pixel - tokenizer.pixel_shift) * tokenizer.pixel_scale: the identity
+             counterpart of a VAE's shift and scaling factors (0 and 1 unless a config sets
+             them; configs/demo.py centres its mostly-black images).
 
 `ImageTokens.to_tokens(frozen, batch, rng)` runs INSIDE the jitted step (DESIGN.md section 6:
 pipelines only decode/crop/flip; VAE sampling happens on device). It accepts either raw
@@ -42,7 +45,8 @@ class ImageTokens:
   def latents(self, frozen, batch, rng, sample: bool = True):
     """Scaled latents [B,h,w,c] (or pixels for identity)."""
     if self.kind == "identity":
-      return batch["image"].astype(jnp.float32)
+      pixels = batch["image"].astype(jnp.float32)
+      return (pixels - self.cfg.pixel_shift) * self.cfg.pixel_scale
     if "latent_moments" in batch:
       moments = batch["latent_moments"].astype(jnp.float32)
     else:
@@ -60,4 +64,6 @@ class ImageTokens:
     x = unpatchify(tokens, self.patch, self.grid, self.channels)
     if self.kind == "vae":
       x = self.vae.decode_latents(frozen, x)
+    else:
+      x = x / self.cfg.pixel_scale + self.cfg.pixel_shift
     return jnp.clip(x, -1.0, 1.0)

@@ -17,6 +17,14 @@ What this implements, and the details that decide parity with the reference:
 * `training_losses` returns `mse` (eps MSE, mean over channels), `vb` (variational term in
   bits with the eps output's gradient stopped, the improved-DDPM "frozen_out" trick; at t = 0
   the discretised-Gaussian decoder NLL) and `loss = mse + vb`.
+* Options, off in paper configs (`prediction='eps'`, `loss_space='eps'`, the reference):
+  `prediction='x0'` reads channels 0..C-1 as the clean token (improved-DDPM START_X), and
+  `loss_space='v'` takes the MSE on v = sqrt(abar) eps - sqrt(1 - abar) x0, i.e. eps MSE +
+  x0 MSE. Per token, eps MSE = SNR(t) * x0 MSE: at high noise the eps loss barely depends on
+  the clean token, so the head learns to use its condition z there only slowly. For
+  low-dimensional pixel tokens (flat colour patches, which x_t reveals at moderate noise) that
+  is the whole signal; x0 prediction with the v loss ("Back to Basics", Li & He 2025) gives it
+  weight 1 (see configs/demo.py).
 * A respaced chain (e.g. 50 or 100 of 1000 steps) keeps the original timesteps in
   `timestep_map`; the network must be called with `timestep_map[t]`, never with the respaced
   index t. Sampling never clips the predicted x0.
@@ -174,13 +182,20 @@ class GaussianDiffusion:
   posterior_mean_coef1: np.ndarray
   posterior_mean_coef2: np.ndarray
   log_betas: np.ndarray
+  prediction: str = "eps"     # what channels 0..C-1 of the head output are: 'eps' | 'x0'
+  loss_space: str = "eps"     # where the MSE is taken: 'eps' (reference) | 'v' | 'x0'
 
   # ---- construction ------------------------------------------------------------------------
 
   @classmethod
   def from_betas(cls, betas: np.ndarray, timestep_map=None,
-                 original_num_steps: int | None = None) -> "GaussianDiffusion":
+                 original_num_steps: int | None = None, *, prediction: str = "eps",
+                 loss_space: str = "eps") -> "GaussianDiffusion":
     """Derives all tables from float64 betas, with the reference's formulas."""
+    if prediction not in ("eps", "x0"):
+      raise ValueError(f"diffusion prediction must be 'eps' or 'x0', got {prediction!r}")
+    if loss_space not in ("eps", "v", "x0"):
+      raise ValueError(f"diffusion loss space must be 'eps', 'v' or 'x0', got {loss_space!r}")
     betas = np.asarray(betas, dtype=np.float64)
     assert betas.ndim == 1 and (betas > 0).all() and (betas <= 1).all()
     t_count = betas.shape[0]
@@ -212,12 +227,15 @@ class GaussianDiffusion:
         posterior_mean_coef1=betas * np.sqrt(ac_prev) / (1.0 - ac),
         posterior_mean_coef2=(1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
         log_betas=np.log(betas),
+        prediction=prediction,
+        loss_space=loss_space,
     )
 
   @classmethod
   def create(cls, timestep_respacing: Union[str, int, Sequence[int], None] = "",
              noise_schedule: str = "cosine",
-             diffusion_steps: int = 1000) -> "GaussianDiffusion":
+             diffusion_steps: int = 1000, *, prediction: str = "eps",
+             loss_space: str = "eps") -> "GaussianDiffusion":
     """MAR's `create_diffusion` (learned-range variance, eps prediction, MSE + vb loss).
 
     Args:
@@ -225,6 +243,7 @@ class GaussianDiffusion:
         "100" / "50" / "ddim25" (MAR's gen_diffusion).
       noise_schedule: 'cosine' (MAR) or 'linear'.
       diffusion_steps: length of the original chain.
+      prediction, loss_space: see the module docstring ('eps', 'eps' in the reference).
     """
     base_betas = get_named_beta_schedule(noise_schedule, diffusion_steps)
     if timestep_respacing is None or timestep_respacing == "":
@@ -240,7 +259,8 @@ class GaussianDiffusion:
         new_betas.append(1 - ac / last_ac)
         last_ac = ac
         timestep_map.append(i)
-    return cls.from_betas(np.array(new_betas), timestep_map, diffusion_steps)
+    return cls.from_betas(np.array(new_betas), timestep_map, diffusion_steps,
+                          prediction=prediction, loss_space=loss_space)
 
   @property
   def num_timesteps(self) -> int:
@@ -278,7 +298,8 @@ class GaussianDiffusion:
     """p(x_{t-1} | x_t) from the head output; by default no clipping of the predicted x0.
 
     Args:
-      model_out: [N, 2C] float32 head output at (x_t, timestep_map[t]): eps | v.
+      model_out: [N, 2C] float32 head output at (x_t, timestep_map[t]): eps (or x0, with
+        prediction='x0') | v.
       x_t: [N, C] float32.
       t: [N] int chain indices.
       clip_denoised: None (reference, paper configs) or c: clip pred_xstart to [-c, c]
@@ -294,13 +315,19 @@ class GaussianDiffusion:
     # v in [-1, 1] interpolates between the posterior variance and beta_t (learned range).
     frac = (var_values + 1) / 2
     log_variance = frac * max_log + (1 - frac) * min_log
-    pred_xstart = (self._coef(self.sqrt_recip_alphas_cumprod, t) * x_t
-                   - self._coef(self.sqrt_recipm1_alphas_cumprod, t) * eps)
+    pred_xstart = self.predict_xstart(eps, x_t, t)
     if clip_denoised is not None:
       pred_xstart = jnp.clip(pred_xstart, -clip_denoised, clip_denoised)
     mean, _, _ = self.q_posterior_mean_variance(pred_xstart, x_t, t)
     return dict(mean=mean, variance=jnp.exp(log_variance), log_variance=log_variance,
                 pred_xstart=pred_xstart)
+
+  def predict_xstart(self, out: Array, x_t: Array, t: Array) -> Array:
+    """The clean-token estimate [N, C] from the head's first C channels `out` [N, C]."""
+    if self.prediction == "x0":
+      return out
+    return (self._coef(self.sqrt_recip_alphas_cumprod, t) * x_t
+            - self._coef(self.sqrt_recipm1_alphas_cumprod, t) * out)
 
   def p_sample(self, model_out: Array, x_t: Array, t: Array, noise: Array,
                temperature: Union[float, Array] = 1.0,
@@ -370,19 +397,27 @@ class GaussianDiffusion:
 
   def training_losses(self, model_out: Array, x_start: Array, x_t: Array, t: Array,
                       noise: Array) -> dict:
-    """MAR/improved-DDPM loss terms for eps prediction with learned-range variance.
+    """MAR/improved-DDPM loss terms (eps prediction, learned-range variance, by default).
 
     Args:
       model_out: [N, 2C] head output at (x_t, timestep_map[t]).
       x_start: [N, C] clean tokens; x_t = q_sample(x_start, t, noise); noise [N, C]; t [N].
     Returns:
-      dict of [N] float32: 'mse' (eps MSE, mean over C), 'vb' (bits; the eps half of the
-      output enters with its gradient stopped, so the vb term trains only the variance
-      values -- improved DDPM's frozen_out) and 'loss' = mse + vb.
+      dict of [N] float32: 'mse' (MSE in `loss_space`, eps by default; mean over C), 'vb'
+      (bits; the mean half of the output enters with its gradient stopped, so the vb term
+      trains only the variance values -- improved DDPM's frozen_out) and 'loss' = mse + vb.
     """
     c = x_start.shape[-1]
-    eps = model_out[:, :c]
-    frozen_out = jnp.concatenate([jax.lax.stop_gradient(eps), model_out[:, c:]], axis=-1)
+    head = model_out[:, :c]
+    frozen_out = jnp.concatenate([jax.lax.stop_gradient(head), model_out[:, c:]], axis=-1)
     vb = self.vb_terms_bpd(frozen_out, x_start, x_t, t)
-    mse = jnp.mean(jnp.square(noise - eps), axis=-1)
+    if self.prediction == "eps" and self.loss_space == "eps":
+      mse = jnp.mean(jnp.square(noise - head), axis=-1)      # the reference, bit for bit
+    else:
+      # Errors in x0 and eps are tied by the shared x_t: d_eps = -sqrt(SNR) d_x0, so
+      # v error = d_x0 / sqrt(1 - abar) and |d_v|^2 = |d_eps|^2 + |d_x0|^2.
+      x0_err = self.predict_xstart(head, x_t, t) - x_start
+      sq = jnp.mean(jnp.square(x0_err), axis=-1)
+      snr = self._coef(self.alphas_cumprod / (1.0 - self.alphas_cumprod), t)[:, 0]
+      mse = {"x0": sq, "eps": snr * sq, "v": (1.0 + snr) * sq}[self.loss_space]
     return dict(mse=mse, vb=vb, loss=mse + vb)

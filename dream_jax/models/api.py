@@ -79,8 +79,7 @@ class DreamModel:
     self.spec: ModelSpec = spec_from_config(config)
     self.module = DREAM(self.spec)
     m = config.model
-    self.train_diffusion = gaussian.GaussianDiffusion.create(
-        "", noise_schedule=m.noise_schedule, diffusion_steps=m.num_train_timesteps)
+    self.train_diffusion = self._diffusion_chain("")
     self._sample_diffusions = {}
     self.encoder_path = m.encoder_path
     self.encoder_sizes = bucket_sizes(self.spec.seq_len, m.encoder_buckets)
@@ -235,12 +234,16 @@ class DreamModel:
     loss, per_tok = bucketed((w > 0).sum(), sizes, run, w, zf, xf, t, noise)
     return loss, per_tok.reshape(b, l)
 
+  def _diffusion_chain(self, respacing: str) -> gaussian.GaussianDiffusion:
+    m = self.config.model
+    return gaussian.GaussianDiffusion.create(
+        respacing, noise_schedule=m.noise_schedule, diffusion_steps=m.num_train_timesteps,
+        prediction=m.diffusion_prediction, loss_space=m.diffusion_loss_space)
+
   def sample_diffusion(self, num_steps: Optional[str] = None):
     key = str(num_steps or self.config.model.num_sampling_steps)
     if key not in self._sample_diffusions:
-      self._sample_diffusions[key] = gaussian.GaussianDiffusion.create(
-          key, noise_schedule=self.config.model.noise_schedule,
-          diffusion_steps=self.config.model.num_train_timesteps)
+      self._sample_diffusions[key] = self._diffusion_chain(key)
     return self._sample_diffusions[key]
 
   def diffusion_sample(self, variables, z, rng, *, temperature=1.0, cfg_scale=None,

@@ -134,11 +134,19 @@ def make_probe(config, readout: str, ratio: float, seed: int = 0):
 
 
 def _optimizer(config):
-  """AdamW at the config's peak learning rate, constant, no weight decay (both probes)."""
+  """Adam at the config's peak learning rate, constant, no weight decay (both probes); the
+  diffusion head's step is scaled by optim.head_lr_mult, as in the trainer."""
+  from dream_jax.train import optim
   from dream_jax.train.schedule import peak_learning_rate
   o = config.optim
-  return optax.adamw(peak_learning_rate(config), b1=float(o.b1), b2=float(o.b2),
-                     weight_decay=0.0)
+  lr, mult = peak_learning_rate(config), float(o.head_lr_mult)
+
+  def to_delta(updates, state, params=None):
+    del params
+    return optim.apply_lr(updates, lr, mult), state
+
+  return optax.chain(optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2)),
+                     optax.GradientTransformation(lambda p: optax.EmptyState(), to_delta))
 
 
 def _batches(config):

@@ -31,9 +31,22 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def apply_lr(updates, lr):
-  """Direction -> parameter delta (-lr * direction), in the parameter dtype."""
-  return jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+def apply_lr(updates, lr, head_lr_mult: float = 1.0):
+  """Direction -> parameter delta (-lr * direction), in the parameter dtype.
+
+  `head_lr_mult` (config.optim.head_lr_mult; 1.0 in paper configs) scales the step of the
+  diffusion head's parameters (the `diffloss` subtree). MAR's head starts with zero-initialised
+  adaLN gates and output layer, which Adam grows by about lr per step; a short run needs them
+  to grow faster than the transformer's weights (configs/demo.py).
+  """
+  if head_lr_mult == 1.0:
+    return jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+
+  def delta(path, u):
+    in_head = any(getattr(k, "key", None) == "diffloss" for k in path)
+    return (-(lr * head_lr_mult if in_head else lr) * u).astype(u.dtype)
+
+  return jax.tree_util.tree_map_with_path(delta, updates)
 
 
 def ema_decay(config, step):

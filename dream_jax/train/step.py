@@ -80,7 +80,8 @@ def make_train_step(config, objective, tx):
 
     grad_norm = optim.global_norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_params = optax.apply_updates(params, optim.apply_lr(updates, sched["lr"]))
+    new_params = optax.apply_updates(params, optim.apply_lr(updates, sched["lr"],
+                                                             config.optim.head_lr_mult))
     ema = optim.update_ema(state["ema_params"], new_params, optim.ema_decay(config, step))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     metrics = dict(metrics, lr=sched["lr"], grad_norm=grad_norm,

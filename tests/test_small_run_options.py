@@ -1,0 +1,148 @@
+"""Config options for small pixel-token runs (all off in paper configs): the diffusion head's
+prediction target and loss space, a learning-rate multiplier for the head, and the identity
+tokenizer's pixel shift / scale."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import common
+from dream_jax.diffusion.gaussian import GaussianDiffusion
+from dream_jax.train import optim
+
+
+def _draw(n=64, c=12, seed=0):
+  k = jax.random.split(jax.random.key(seed), 4)
+  x0 = jax.random.uniform(k[0], (n, c), minval=-1.0, maxval=1.0)
+  noise = jax.random.normal(k[1], (n, c))
+  t = jax.random.randint(k[2], (n,), 0, 1000)
+  out = jax.random.normal(k[3], (n, 2 * c))
+  return x0, noise, t, out
+
+
+def _snr(d, t):
+  ac = jnp.asarray(d.alphas_cumprod, jnp.float32)[t]
+  return ac / (1.0 - ac)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_loss_spaces_are_the_snr_weightings_of_one_x0_error(schedule):
+  x0, noise, t, out = _draw()
+  ref = GaussianDiffusion.create("", schedule)
+  x_t = ref.q_sample(x0, t, noise)
+  # The reference eps MSE, and the same quantity written as SNR * x0 error through the
+  # general path: d_eps = -sqrt(SNR) d_x0 for the same x_t.
+  eps_ref = ref.training_losses(out, x0, x_t, t, noise)
+  x0_hat = ref.predict_xstart(out[:, :12], x_t, t)
+  sq = jnp.mean(jnp.square(x0_hat - x0), axis=-1)
+  np.testing.assert_allclose(eps_ref["mse"], _snr(ref, t) * sq, rtol=2e-3, atol=1e-5)
+  np.testing.assert_array_equal(eps_ref["mse"],
+                                jnp.mean(jnp.square(noise - out[:, :12]), axis=-1))
+  v = GaussianDiffusion.create("", schedule, loss_space="v")
+  xl = GaussianDiffusion.create("", schedule, loss_space="x0")
+  lv = v.training_losses(out, x0, x_t, t, noise)
+  lx = xl.training_losses(out, x0, x_t, t, noise)
+  np.testing.assert_allclose(lx["mse"], sq, rtol=1e-6)
+  # |d_v|^2 = |d_eps|^2 + |d_x0|^2.
+  np.testing.assert_allclose(lv["mse"], eps_ref["mse"] + sq, rtol=2e-3, atol=1e-5)
+  # The variance term does not depend on where the MSE is taken.
+  np.testing.assert_array_equal(lv["vb"], eps_ref["vb"])
+
+
+def test_x0_prediction_reads_the_head_output_as_the_clean_token():
+  x0, noise, t, out = _draw(c=6)
+  d = GaussianDiffusion.create("50", "linear", prediction="x0", loss_space="v")
+  t = t % d.num_timesteps
+  x_t = d.q_sample(x0, t, noise)
+  np.testing.assert_array_equal(d.predict_xstart(out[:, :6], x_t, t), out[:, :6])
+  pmv = d.p_mean_variance(out, x_t, t, clip_denoised=0.5)
+  np.testing.assert_array_equal(pmv["pred_xstart"], jnp.clip(out[:, :6], -0.5, 0.5))
+  mean, _, _ = d.q_posterior_mean_variance(pmv["pred_xstart"], x_t, t)
+  np.testing.assert_allclose(pmv["mean"], mean, rtol=1e-6)
+  # A perfect x0 output has zero MSE in every loss space.
+  perfect = jnp.concatenate([x0, out[:, 6:]], axis=-1)
+  assert float(jnp.max(d.training_losses(perfect, x0, x_t, t, noise)["mse"])) == 0.0
+  # The eps chain reads the same output differently.
+  e = GaussianDiffusion.create("50", "linear")
+  assert not np.allclose(e.predict_xstart(out[:, :6], x_t, t), out[:, :6])
+
+
+def test_diffusion_option_names_are_checked():
+  with pytest.raises(ValueError, match="prediction"):
+    GaussianDiffusion.create("", prediction="v")
+  with pytest.raises(ValueError, match="loss space"):
+    GaussianDiffusion.create("", loss_space="l1")
+  c = common.base_config()
+  c.model.diffusion_prediction = "velocity"
+  with pytest.raises(ValueError, match="model.diffusion_prediction"):
+    common.validate(c)
+  c = common.base_config()
+  c.model.diffusion_loss_space = "l1"
+  with pytest.raises(ValueError, match="model.diffusion_loss_space"):
+    common.validate(c)
+
+
+def test_model_builds_its_chains_from_the_config():
+  from configs import demo
+  from dream_jax.models.api import DreamModel
+  c = demo.get_config()
+  c.model.diffusion_prediction, c.model.diffusion_loss_space = "x0", "v"
+  m = DreamModel(c)
+  for chain in (m.train_diffusion, m.sample_diffusion("10")):
+    assert (chain.prediction, chain.loss_space) == ("x0", "v")
+  assert m.sample_diffusion("10").num_timesteps == 10
+
+
+def test_head_lr_mult_scales_only_the_diffusion_head():
+  updates = {"params": {"diffloss": {"a": jnp.ones((2,))},
+                        "decoder": {"diffloss_like": jnp.ones((3,)), "w": jnp.ones((2, 2))}}}
+  plain = optim.apply_lr(updates, 0.1)
+  same = optim.apply_lr(updates, 0.1, 1.0)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(same)):
+    np.testing.assert_array_equal(a, b)
+  out = optim.apply_lr(updates, 0.1, 4.0)
+  np.testing.assert_allclose(out["params"]["diffloss"]["a"], -0.4)
+  np.testing.assert_allclose(out["params"]["decoder"]["diffloss_like"], -0.1)
+  np.testing.assert_allclose(out["params"]["decoder"]["w"], -0.1)
+  c = common.base_config()
+  c.optim.head_lr_mult = 0.0
+  with pytest.raises(ValueError, match="optim.head_lr_mult"):
+    common.validate(c)
+
+
+def test_probe_optimizer_is_adam_and_scales_the_head():
+  import optax
+  from configs import demo
+  from dream_jax.tools import condition_probe
+  from dream_jax.train.schedule import peak_learning_rate
+  c = demo.get_config()
+  params = {"net": {"diffloss": {"w": jnp.ones((3,))}, "dec": {"w": jnp.ones((3,))}}}
+  grads = jax.tree.map(lambda p: p * jnp.asarray([1.0, -2.0, 0.5]), params)
+  ref = optax.adamw(peak_learning_rate(c), b1=c.optim.b1, b2=c.optim.b2, weight_decay=0.0)
+  want, _ = ref.update(grads, ref.init(params), params)
+  tx = condition_probe._optimizer(c)
+  got, _ = tx.update(grads, tx.init(params), params)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  c.optim.head_lr_mult = 3.0
+  tx = condition_probe._optimizer(c)
+  got, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(got["net"]["diffloss"]["w"], 3 * want["net"]["diffloss"]["w"],
+                             rtol=1e-6)
+  np.testing.assert_allclose(got["net"]["dec"]["w"], want["net"]["dec"]["w"], rtol=1e-6)
+
+
+def test_pixel_shift_and_scale_round_trip():
+  from configs import demo
+  from dream_jax.image_tokens import ImageTokens
+  c = demo.get_config()
+  img = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
+  base = ImageTokens(c).to_tokens({}, {"image": img}, jax.random.key(0))
+  c.tokenizer.pixel_shift, c.tokenizer.pixel_scale = -0.9, 2.5
+  tok = ImageTokens(c)
+  tokens = tok.to_tokens({}, {"image": img}, jax.random.key(0))
+  np.testing.assert_allclose(tokens, (base + 0.9) * 2.5, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(tok.from_tokens({}, tokens), img, atol=1e-6)
+  c.tokenizer.pixel_scale = 0.0
+  with pytest.raises(ValueError, match="tokenizer.pixel_scale"):
+    common.validate(c)
