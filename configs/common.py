@@ -121,7 +121,7 @@ def base_config() -> ConfigDict:
   c.model.num_train_timesteps = 1000
   c.model.noise_schedule = "cosine"
   # What the head predicts and where its MSE is taken (diffusion/gaussian.py): the paper / MAR
-  # predict eps with an eps MSE. 'x0' + 'v' is for small pixel-token runs (configs/demo.py).
+  # predict eps with an eps MSE. 'x0' + 'v' is an option for small pixel-token runs (README).
   c.model.diffusion_prediction = "eps"     # 'eps' (paper) | 'x0'
   c.model.diffusion_loss_space = "eps"     # 'eps' (paper) | 'v' | 'x0'
   c.model.num_sampling_steps = "100"       # respaced steps for sampling (space_timesteps spec)
@@ -141,7 +141,8 @@ def base_config() -> ConfigDict:
   c.tokenizer.vae_stride = 8
   c.tokenizer.latent_channels = 4
   c.tokenizer.scale_factor = 0.18215
-  # identity tokens = (pixel - pixel_shift) * pixel_scale (the VAE's shift / scaling factors)
+  # identity tokens = (pixel - pixel_shift) * pixel_scale (the VAE's shift / scaling factors);
+  # sampling.clip_denoised is in token units, so set it to the shifted range when used.
   c.tokenizer.pixel_shift = 0.0
   c.tokenizer.pixel_scale = 1.0
   c.tokenizer.sample_posterior = True  # training samples the posterior (paper)

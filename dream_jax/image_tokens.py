@@ -5,7 +5,7 @@
   'identity' (tiny runs) pixels in [-1, 1] cut directly into p x p patches (dim 3*p*p),
              as (pixel - tokenizer.pixel_shift) * tokenizer.pixel_scale: the identity
              counterpart of a VAE's shift and scaling factors (0 and 1 unless a config sets
-             them; configs/demo.py centres its mostly-black images).
+             them).
 
 `ImageTokens.to_tokens(frozen, batch, rng)` runs INSIDE the jitted step (DESIGN.md section 6:
 pipelines only decode/crop/flip; VAE sampling happens on device). It accepts either raw

@@ -116,6 +116,7 @@ def test_probe_optimizer_is_adam_and_scales_the_head():
   from dream_jax.tools import condition_probe
   from dream_jax.train.schedule import peak_learning_rate
   c = demo.get_config()
+  c.optim.head_lr_mult = 1.0               # the demo's own value is 4
   params = {"net": {"diffloss": {"w": jnp.ones((3,))}, "dec": {"w": jnp.ones((3,))}}}
   grads = jax.tree.map(lambda p: p * jnp.asarray([1.0, -2.0, 0.5]), params)
   ref = optax.adamw(peak_learning_rate(c), b1=c.optim.b1, b2=c.optim.b2, weight_decay=0.0)
@@ -146,3 +147,20 @@ def test_pixel_shift_and_scale_round_trip():
   c.tokenizer.pixel_scale = 0.0
   with pytest.raises(ValueError, match="tokenizer.pixel_scale"):
     common.validate(c)
+
+
+def test_workdir_config_from_before_an_option_existed_loads_with_its_default(tmp_path):
+  import json
+  from configs import demo
+  from dream_jax.train.inference import load_config
+  c = demo.get_config()
+  raw = json.loads(c.to_json())
+  del raw["optim"]["head_lr_mult"]
+  del raw["tokenizer"]["pixel_shift"]
+  raw["model"]["width"] = 96               # a value the run chose stays
+  (tmp_path / "config.json").write_text(json.dumps(raw))
+  loaded = load_config(str(tmp_path))
+  assert loaded.optim.head_lr_mult == 1.0 and loaded.tokenizer.pixel_shift == 0.0
+  assert loaded.model.width == 96
+  with pytest.raises(AttributeError):
+    loaded.optim.no_such_key = 1             # still locked

@@ -24,10 +24,12 @@ What this implements, and the details that decide parity with the reference:
   the clean token, so the head learns to use its condition z there only slowly. For
   low-dimensional pixel tokens (flat colour patches, which x_t reveals at moderate noise) that
   is the whole signal; x0 prediction with the v loss ("Back to Basics", Li & He 2025) gives it
-  weight 1 (see configs/demo.py).
+  weight 1. Measured on the CPU demo (README, "Options for small pixel-token runs"): z
+  becomes more informative, but after 300 steps the samples are noisier than with eps.
 * A respaced chain (e.g. 50 or 100 of 1000 steps) keeps the original timesteps in
   `timestep_map`; the network must be called with `timestep_map[t]`, never with the respaced
-  index t. Sampling never clips the predicted x0.
+  index t. Sampling clips the predicted x0 only when asked (`clip_denoised`; never in the
+  reference).
 
 Timesteps `t` passed to the methods below are indices into *this* chain (0 .. T-1), int32 [N].
 """

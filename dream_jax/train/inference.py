@@ -31,8 +31,21 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return x
 
   c = ml_collections.ConfigDict(tuples(raw))
+  # Keys added to the config after the run was written take their defaults, which keep the
+  # behaviour such a run was trained with (every new option defaults to the old behaviour).
+  from configs import common
+  _fill_missing(c, common.base_config())
   c.lock()
   return c
+
+
+def _fill_missing(c: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:
+  for key, value in base.items():
+    if key not in c:
+      c[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+        c[key], ml_collections.ConfigDict):
+      _fill_missing(c[key], value)
 
 
 def load_for_inference(workdir: str, step: Optional[int] = None):
