@@ -54,7 +54,8 @@ def test_head_probe_trains_the_head_alone_on_oracle_z():
   assert sorted(r0) == ["err", "err_bg", "err_fg", "good", "loss"]
   assert np.isfinite(list(r0.values())).all() and 0.0 <= r0["good"] <= 1.0
   # Only the head is trained: its parameter tree is the model's 'diffloss' subtree.
-  assert "cond_embed" in params and "decoder_embed" not in params
+  assert set(params) == {"diffloss"}
+  assert "cond_embed" in params["diffloss"] and "decoder_embed" not in params["diffloss"]
   for i in range(2):
     new, opt, loss = step_fn(params, opt, next(train), jax.random.key(i))
     assert np.isfinite(float(loss))

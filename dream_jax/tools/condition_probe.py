@@ -165,9 +165,9 @@ def make_head_probe(config, seed: int = 0):
   projection of the token it must produce (so z carries everything about the token).
 
   Trains only the head (the model's own head, loss, noise schedule, `diffusion_batch_mul`,
-  AdamW at the config's learning rate) on every token of the training batches, and samples
-  the held-out batch's tokens from their oracle z with the config's sampling chain
-  (temperature 1, no CFG, the config's clip_denoised). It separates "can the head learn to
+  Adam at the config's learning rate times optim.head_lr_mult) on every token of the
+  training batches, and samples the held-out batch's tokens from their oracle z with the
+  config's sampling chain (temperature 1, no CFG, the config's clip_denoised). It separates "can the head learn to
   render a token it is told" from "does z tell it" (`make_probe`).
 
   Returns (params, opt_state, step_fn, eval_fn, batches) like `make_probe`; eval_fn(params,
@@ -185,12 +185,13 @@ def make_head_probe(config, seed: int = 0):
   proj = jax.random.normal(jax.random.key(seed + 1), (spec.token_dim, spec.dec_width))
   proj = proj / jnp.sqrt(spec.token_dim)
   frozen = comp.init_frozen()
-  params = variables["params"]["diffloss"]
+  # Keyed by 'diffloss' like in the model, so optim.head_lr_mult applies as in training.
+  params = {"diffloss": variables["params"]["diffloss"]}
   tx = _optimizer(config)
   clip = config.sampling.get("clip_denoised")
 
   def var_of(p):
-    return {"params": dict(variables["params"], diffloss=p),
+    return {"params": dict(variables["params"], **p),
             "batch_stats": variables.get("batch_stats", {})}
 
   def tokens(batch):

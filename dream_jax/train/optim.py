@@ -39,9 +39,6 @@ def apply_lr(updates, lr, head_lr_mult: float = 1.0):
   adaLN gates and output layer, which Adam grows by about lr per step; a short run needs them
   to grow faster than the transformer's weights (configs/demo.py).
   """
-  if head_lr_mult == 1.0:
-    return jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
-
   def delta(path, u):
     in_head = any(getattr(k, "key", None) == "diffloss" for k in path)
     return (-(lr * head_lr_mult if in_head else lr) * u).astype(u.dtype)
