@@ -46,6 +46,18 @@ def test_probe_rejects_a_ratio_outside_0_1():
     make_probe(tiny_config(), "mse", 1.0)
 
 
+def test_probe_t_min_is_for_the_diffusion_readout():
+  from dream_jax.tools.condition_probe import make_probe
+  with pytest.raises(ValueError, match="t_min"):
+    make_probe(tiny_config(), "mse", 0.75, t_min=900)
+  params, opt, step_fn, eval_fn, (train, held_out) = make_probe(tiny_config(), "diffusion",
+                                                                 0.75, t_min=900)
+  full = make_probe(tiny_config(), "diffusion", 0.75)
+  # Same initial parameters, same evaluation draws: only the timesteps differ.
+  a, b = eval_fn(params, held_out), full[3](full[0], held_out)
+  assert np.isfinite(float(a["own"])) and float(a["own"]) != float(b["own"])
+
+
 def test_head_probe_trains_the_head_alone_on_oracle_z():
   from dream_jax.tools.condition_probe import make_head_probe
   c = tiny_config()

@@ -189,6 +189,39 @@ def test_diffusion_head_only_on_counting_tokens_is_exact():
     np.testing.assert_allclose(a, c, atol=1e-6, rtol=1e-5)
 
 
+def test_diffusion_loss_t_min_draws_only_high_noise_timesteps():
+  """t_min = T-1 forces t = T-1 in every draw: the loss equals the head evaluated there by
+  hand (same noise stream); t_min outside [0, T) is refused."""
+  from dream_jax.models.api import DreamModel
+  model = DreamModel(tiny_config())
+  v = model.init(jax.random.key(0))
+  b, l, c = 2, model.spec.seq_len, model.spec.token_dim
+  z = jax.random.normal(jax.random.key(1), (b, l, model.spec.dec_width))
+  x = jax.random.normal(jax.random.key(2), (b, l, c))
+  w = jnp.full((b, l), 1.0 / (b * l))
+  rng = jax.random.key(3)
+  diff = model.train_diffusion
+  last = diff.num_timesteps - 1
+  loss, per_tok = model.diffusion_loss(v, z, x, w, rng, t_min=last)
+  mul, n = model.diffusion_batch_mul, b * l
+  noise = jax.random.normal(jax.random.split(rng)[1], (mul, n, c), jnp.float32)
+  t = jnp.full((n,), last, jnp.int32)
+  per_draw = []
+  for d in range(mul):
+    x_t = diff.q_sample(x.reshape(n, c), t, noise[d])
+    out = model.diffusion_net(v, x_t, diff.model_timesteps(t), z.reshape(n, -1))
+    per_draw.append(diff.training_losses(out, x.reshape(n, c), x_t, t, noise[d])["loss"])
+  want = jnp.stack(per_draw).mean(0)
+  np.testing.assert_allclose(np.asarray(per_tok).reshape(n), np.asarray(want), rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(float(loss), float(want.mean()), rtol=1e-5)
+  # The full range draws other timesteps, so the loss differs.
+  assert abs(float(model.diffusion_loss(v, z, x, w, rng)[0]) - float(loss)) > 1e-4
+  for bad in (-1, diff.num_timesteps):
+    with pytest.raises(ValueError, match="t_min"):
+      model.diffusion_loss(v, z, x, w, rng, t_min=bad)
+
+
 # ------------------------------------------------------------------ losses
 def _np_clip(img, txt, scale, c):
   logits = scale * img @ txt.T

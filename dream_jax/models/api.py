@@ -195,7 +195,7 @@ class DreamModel:
   def diffusion_net(self, variables, x, t, z):
     return self._apply(variables, x, t, z, method=DREAM.diffusion_net)
 
-  def diffusion_loss(self, variables, z, target, weights, rng):
+  def diffusion_loss(self, variables, z, target, weights, rng, *, t_min: int = 0):
     """Weighted diffusion loss computed ONLY on tokens with weight > 0.
 
     t and noise are drawn for every (token, draw) at full shape and the counting rows are
@@ -205,14 +205,20 @@ class DreamModel:
     Args:
       z: [B, L, Ddec] decoder conditions; target: [B, L, C] clean tokens;
       weights: [B, L] f32 (e.g. masked * gate / count); rng: the 'diffusion' stream.
+      t_min: t is drawn uniformly from [t_min, num_timesteps). 0 (the reference and every
+        training path) is the full range; tools/condition_probe's `--t_min` raises it to
+        train and measure the head on high-noise draws only (a diagnostic).
     Returns:
       (sum(weights * per_token_loss), per_token_loss [B, L] (0 where weight == 0)).
     """
     b, l, c = target.shape
     n, mul = b * l, self.diffusion_batch_mul
+    num_t = self.train_diffusion.num_timesteps
+    if not 0 <= t_min < num_t:
+      raise ValueError(f"t_min must be in [0, {num_t}), got {t_min}")
     w = weights.reshape(n)
     k_t, k_n = jax.random.split(rng)
-    t = jax.random.randint(k_t, (mul, n), 0, self.train_diffusion.num_timesteps)
+    t = jax.random.randint(k_t, (mul, n), t_min, num_t)
     noise = jax.random.normal(k_n, (mul, n, c), jnp.float32)
     zf, xf = z.reshape(n, -1), target.reshape(n, c).astype(jnp.float32)
 
