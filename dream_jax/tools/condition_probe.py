@@ -24,11 +24,12 @@ positions, the spread across the batch and the rms: it shows WHERE the sample de
 lost (on the demo config: the text condition's spread falls 0.52 -> 0.006 in 50 steps while
 the cross-attention branches grow to rms ~11, a constant the final LayerNorm divides by).
 
-`--t_min=T` draws the diffusion readout's t from [T, 1000) only, in training and
-evaluation: whether z learns when the head sees only high-noise draws. On the demo config
-with `--config.tokenizer.pixel_shift=-0.93 --ratio=0.99`, x0 prediction with the x0 loss
-reaches a 3.9% gap by step 100 with `--t_min=900` and 0.0% without; eps prediction stays at
-0.0% with either (README, "The diffusion head is the bottleneck").
+`--t_min=T` draws the diffusion readout's t from [T, model.num_train_timesteps) only, in
+training and evaluation: whether z learns when the head sees only high-noise draws. On the
+demo config (1000 timesteps) with `--config.tokenizer.pixel_shift=-0.93 --ratio=0.99`, x0
+prediction with the x0 loss reaches a 3.9% gap by step 100 with `--t_min=900` and 0.0%
+without; eps prediction stays at 0.0% with either (README, "The diffusion head is the
+bottleneck").
 
   python -m dream_jax.tools.condition_probe --config=configs/demo.py --readout=oracle
 
@@ -60,15 +61,17 @@ def _define_flags():
   flags.DEFINE_integer("seed", 0, "Initialisation seed.")
   flags.DEFINE_bool("layers", False, "Also print the spread/rms of the text condition and "
                     "of every decoder branch at the masked positions (where z collapses).")
-  flags.DEFINE_integer("t_min", 0, "Diffusion readout: draw the head's t from [t_min, 1000) "
-                       "in training and evaluation (0 = the full range, as the trainer).")
+  flags.DEFINE_integer("t_min", 0, "Diffusion readout: draw the head's t from [t_min, "
+                       "model.num_train_timesteps) in training and evaluation (0 = the full "
+                       "range, as the trainer).")
 
 
 def make_probe(config, readout: str, ratio: float, seed: int = 0, t_min: int = 0):
   """Returns (params, step_fn, eval_fn, batches) for the probe; see the module docstring.
 
-  t_min (diffusion readout only): the head's t is drawn from [t_min, 1000) in training and
-  evaluation (`DreamModel.diffusion_loss`); 0 = the full range, as the trainer.
+  t_min (diffusion readout only): the head's t is drawn from [t_min,
+  model.num_train_timesteps) in training and evaluation (`DreamModel.diffusion_loss`, which
+  refuses values outside that range); 0 = the full range, as the trainer.
 
   step_fn(params, opt_state, batch, key) -> (params, opt_state, loss) (jitted);
   eval_fn(params, batch) -> dict(own, other, gap, spread) floats (jitted; shared mask);
