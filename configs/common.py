@@ -142,7 +142,8 @@ def base_config() -> ConfigDict:
   c.tokenizer.latent_channels = 4
   c.tokenizer.scale_factor = 0.18215
   # identity tokens = (pixel - pixel_shift) * pixel_scale (the VAE's shift / scaling factors);
-  # sampling.clip_denoised is in token units, so set it to the shifted range when used.
+  # sampling.clip_denoised clips tokens to [-c, c]: with a shift, c must cover the shifted
+  # range (e.g. 2.0 for pixel_shift=-0.93, whose tokens lie in [-0.07, 1.93]).
   c.tokenizer.pixel_shift = 0.0
   c.tokenizer.pixel_scale = 1.0
   c.tokenizer.sample_posterior = True  # training samples the posterior (paper)

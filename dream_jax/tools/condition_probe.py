@@ -156,13 +156,8 @@ def _optimizer(config):
   from dream_jax.train.schedule import peak_learning_rate
   o = config.optim
   lr, mult = peak_learning_rate(config), float(o.head_lr_mult)
-
-  def to_delta(updates, state, params=None):
-    del params
-    return optim.apply_lr(updates, lr, mult), state
-
   return optax.chain(optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2)),
-                     optax.GradientTransformation(lambda p: optax.EmptyState(), to_delta))
+                     optax.stateless(lambda updates, params: optim.apply_lr(updates, lr, mult)))
 
 
 def _batches(config):
@@ -183,8 +178,8 @@ def make_head_probe(config, seed: int = 0):
   Trains only the head (the model's own head, loss, noise schedule, `diffusion_batch_mul`,
   Adam at the config's learning rate times optim.head_lr_mult) on every token of the
   training batches, and samples the held-out batch's tokens from their oracle z with the
-  config's sampling chain (temperature 1, no CFG, the config's clip_denoised). It separates "can the head learn to
-  render a token it is told" from "does z tell it" (`make_probe`).
+  config's sampling chain (temperature 1, no CFG, the config's clip_denoised). It separates
+  "can the head learn to render a token it is told" from "does z tell it" (`make_probe`).
 
   Returns (params, opt_state, step_fn, eval_fn, batches) like `make_probe`; eval_fn(params,
   batch) -> dict(loss, err, err_fg, err_bg, good): the held-out loss, the rms error of the
