@@ -200,6 +200,11 @@ def base_config() -> ConfigDict:
   c.loss.clip_max_mask_ratio = 0.75    # contrastive only with >= 25% visible (official 0.25)
   c.loss.diff_min_mask_ratio = 0.5     # diffusion loss off for groups below 0.5 (official)
   c.loss.caption_drop = 0.1            # generation condition only (CFG)
+  # Not in the paper (0 = off, no extra parameters): MSE of a zero-initialised linear readout
+  # of z against the clean masked tokens, on the diffusion loss's tokens. A direct gradient
+  # into the trunk for small runs; it only shows in the demo at ~100 (README, "Why
+  # generation failed": the contrastive and diffusion gradients otherwise win).
+  c.loss.w_token_regression = 0.0
 
   # ------------------------------------------------------------------ optim
   c.optim = ConfigDict()

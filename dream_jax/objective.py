@@ -158,6 +158,10 @@ class DreamObjective:
         weights = weights * batch["valid"][:, None]
       l_diff, _ = model.diffusion_loss(variables, z, tokens, weights, k["diffusion"])
       total = total + lc.w_diffusion * l_diff
+      if lc.w_token_regression > 0:
+        l_reg, _ = model.token_regression_loss(variables, z, tokens, weights)
+        total = total + lc.w_token_regression * l_reg
+        metrics["loss_token_regression"] = l_reg
       metrics.update(loss_diffusion=l_diff, share_diffusion=gate.mean(dtype=jnp.float32),
                      caption_drop=drop.mean(dtype=jnp.float32))
     metrics["loss"] = total

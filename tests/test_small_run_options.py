@@ -4,6 +4,7 @@ tokenizer's pixel shift / scale."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import common
@@ -164,3 +165,64 @@ def test_workdir_config_from_before_an_option_existed_loads_with_its_default(tmp
   assert loaded.model.width == 96
   with pytest.raises(AttributeError):
     loaded.optim.no_such_key = 1             # still locked
+
+
+def test_token_regression_is_off_by_default_and_adds_a_zero_init_readout_loss():
+  """loss.w_token_regression: no parameters and no loss term when 0 (paper configs); when on,
+  a zero-initialised linear readout of z whose weighted MSE on the diffusion loss's tokens is
+  added to the total, and whose gradient reaches the decoder once the readout is non-zero."""
+  from dream_jax.data import make_dataset
+  from dream_jax.train.components import Components
+  from tests.test_train import tiny_config
+  off = Components(tiny_config())
+  assert "token_readout" not in jax.eval_shape(off.model.init, jax.random.key(0))["params"]
+  assert common.base_config().loss.w_token_regression == 0.0
+
+  w = 2.0
+  comp = Components(tiny_config(**{"loss.w_token_regression": w}))
+  v = comp.model.init(jax.random.key(0))
+  np.testing.assert_array_equal(v["params"]["token_readout"]["kernel"], 0.0)
+  batch = {k: jnp.asarray(x) for k, x in next(make_dataset(comp.config, "train").iterator())
+           .items() if hasattr(x, "dtype") and x.dtype != object}
+  # A non-zero readout, so that the by-hand value and the decoder gradient are not trivial.
+  rk = jax.random.split(jax.random.key(1))
+  ro = v["params"]["token_readout"]
+  ro = dict(kernel=0.1 * jax.random.normal(rk[0], ro["kernel"].shape),
+            bias=0.1 * jax.random.normal(rk[1], ro["bias"].shape))
+  params = dict(v["params"], token_readout=ro)
+  rng = jax.random.key(3)
+
+  def total(p, w_reg):
+    comp.config.loss.w_token_regression = w_reg
+    out = comp.objective(p, v["batch_stats"], {}, batch, rng, 1.0)
+    comp.config.loss.w_token_regression = w
+    return out
+
+  loss, (_, m) = total(params, w)
+  base, (_, m0) = total(params, 0.0)
+  assert "loss_token_regression" in m and "loss_token_regression" not in m0
+  np.testing.assert_allclose(loss, base + w * m["loss_token_regression"], rtol=1e-5)
+  assert float(m["loss_token_regression"]) > 0
+
+  # By hand: the same tokens, masks, condition and z as the objective (same named streams).
+  from dream_jax import losses, masking, objective
+  obj, model, cfg = comp.objective, comp.model, comp.config
+  k = objective.split_streams(rng)
+  var = {"params": params, "batch_stats": v["batch_stats"]}
+  tokens = obj.image_tokens.to_tokens({}, batch, k["vae"])
+  mask = masking.sample_masks(k["mask"], *tokens.shape[:2], 1.0, cfg.masking)["mask"]
+  enc = model.encode_image(var, tokens, ~mask, train=True, rng=k["dropout_enc"])
+  drop = jax.random.bernoulli(k["caption_drop"], cfg.loss.caption_drop, (tokens.shape[0],))
+  ctx, cm = obj.condition(var, {}, batch, drop=drop, train=True, rng=k["dropout_cond"])
+  z = model.decode(var, enc.hidden, enc.valid, ctx, cm, train=True, rng=k["dropout_dec"])
+  wts, _ = losses.diffusion_token_weights(mask, cfg.masking.group_size,
+                                          cfg.loss.diff_min_mask_ratio)
+  pred = z @ ro["kernel"] + ro["bias"]
+  want = (wts * jnp.mean(jnp.square(pred - tokens), -1)).sum()
+  np.testing.assert_allclose(m["loss_token_regression"], want, rtol=1e-5)
+
+  # Its gradient reaches the decoder (the point of the option), and vanishes with w = 0.
+  def dec_grad(w_reg):
+    g = jax.grad(lambda p: total(p, w_reg)[0] - total(p, 0.0)[0])(params)
+    return float(optax.tree.norm(g["decoder_blocks_0"]))
+  assert dec_grad(w) > 0 and dec_grad(0.0) == 0

@@ -240,6 +240,16 @@ class DreamModel:
     loss, per_tok = bucketed((w > 0).sum(), sizes, run, w, zf, xf, t, noise)
     return loss, per_tok.reshape(b, l)
 
+  def token_regression_loss(self, variables, z, target, weights):
+    """sum(weights * per-token MSE of the linear readout of z) (loss.w_token_regression).
+
+    z: [B, L, Ddec]; target: [B, L, C] clean tokens; weights: [B, L] (the diffusion
+    loss's). Returns (loss, per_token [B, L]).
+    """
+    pred = self._apply(variables, z, method=DREAM.readout_tokens)
+    per_tok = jnp.mean(jnp.square(pred - target.astype(jnp.float32)), axis=-1)
+    return (weights * per_tok).sum(), per_tok
+
   def _diffusion_chain(self, respacing: str) -> gaussian.GaussianDiffusion:
     m = self.config.model
     return gaussian.GaussianDiffusion.create(

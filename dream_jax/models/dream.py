@@ -82,6 +82,7 @@ class ModelSpec:
   diff_width: int
   dtype: str = "float32"
   remat: bool = False
+  token_readout: bool = False   # linear z -> token map for loss.w_token_regression
 
 
 def spec_from_config(config) -> ModelSpec:
@@ -109,7 +110,7 @@ def spec_from_config(config) -> ModelSpec:
       text_mlp_dim=int(t.width * t.mlp_ratio), text_ln_eps=t.ln_eps,
       small_width=t.small_width, small_layers=t.small_layers, small_heads=t.small_heads,
       diff_depth=m.diff_depth, diff_width=m.diff_width, dtype=config.compute_dtype,
-      remat=m.remat)
+      remat=m.remat, token_readout=config.loss.w_token_regression > 0)
 
 
 class ProjectionMLP(nn.Module):
@@ -229,6 +230,9 @@ class DREAM(nn.Module):
                                           (1, s.seq_len, s.dec_width))
     self.diffloss = SimpleMLPAdaLN(in_channels=s.token_dim, width=s.diff_width,
                                    depth=s.diff_depth, out_channels=2 * s.token_dim, dtype=dt)
+    if s.token_readout:
+      self.token_readout = nn.Dense(s.token_dim, kernel_init=nn.initializers.zeros,
+                                    name="token_readout")
 
   # ------------------------------------------------------------------ encoder
   def encode(self, tokens, visible, num_keep: Optional[int] = None,
@@ -328,6 +332,11 @@ class DREAM(nn.Module):
     -> [N, 2*token_dim] float32 (eps | variance interpolation values)."""
     return self.diffloss(x, t, z).astype(jnp.float32)
 
+  def readout_tokens(self, z):
+    """Linear token readout (only with loss.w_token_regression): z [..., Ddec] ->
+    [..., token_dim] float32."""
+    return self.token_readout(z.astype(jnp.float32))
+
   def __call__(self, tokens, visible, clip_ids, eot_pos, cond):
     """Runs every part once (used by `init`)."""
     hidden, valid = self.encode(tokens, visible)
@@ -338,6 +347,8 @@ class DREAM(nn.Module):
     n = tokens.shape[0] * tokens.shape[1]
     out = self.diffusion_net(tokens.reshape(n, -1), jnp.zeros((n,), jnp.int32),
                              z.reshape(n, -1))
+    if self.spec.token_readout:
+      self.readout_tokens(z)   # creates its parameters
     return emb, temb, out
 
 
