@@ -139,6 +139,7 @@ def test_pixel_shift_and_scale_round_trip():
   from dream_jax.image_tokens import ImageTokens
   c = demo.get_config()
   img = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
+  c.tokenizer.pixel_shift, c.tokenizer.pixel_scale = 0.0, 1.0   # raw patches (the demo shifts)
   base = ImageTokens(c).to_tokens({}, {"image": img}, jax.random.key(0))
   c.tokenizer.pixel_shift, c.tokenizer.pixel_scale = -0.9, 2.5
   tok = ImageTokens(c)
@@ -158,10 +159,12 @@ def test_workdir_config_from_before_an_option_existed_loads_with_its_default(tmp
   raw = json.loads(c.to_json())
   del raw["optim"]["head_lr_mult"]
   del raw["tokenizer"]["pixel_shift"]
+  del raw["loss"]["w_token_regression"]
   raw["model"]["width"] = 96               # a value the run chose stays
   (tmp_path / "config.json").write_text(json.dumps(raw))
   loaded = load_config(str(tmp_path))
   assert loaded.optim.head_lr_mult == 1.0 and loaded.tokenizer.pixel_shift == 0.0
+  assert loaded.loss.w_token_regression == 0.0
   assert loaded.model.width == 96
   with pytest.raises(AttributeError):
     loaded.optim.no_such_key = 1             # still locked
