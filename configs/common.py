@@ -30,6 +30,7 @@ paper configs, so the published recipe is unchanged; each key stays in its area)
   optim.decay_logit_scale / decay_embeddings   weight-decay exemptions (paper: decayed)
   ema.warmup                     decay min(decay, (1+t)/(10+t)) (paper: plain decay)
   sampling.clip_denoised         clip the predicted x0 to [-c, c] (None: never, paper)
+  text.token_init_std            CLIP tower token-embedding init std (1.0: official; 0.02: OpenCLIP)
 
 Units: every schedule boundary is a FRACTION OF `total_steps` (the paper's epochs / 48), so a
 config keeps its shape when `--config.total_steps` changes.
@@ -171,6 +172,9 @@ def base_config() -> ConfigDict:
   c.text.heads = 8
   c.text.mlp_ratio = 4.0
   c.text.ln_eps = 1e-5
+  # Init std of the tower's token embedding: the official code keeps torch's nn.Embedding
+  # default N(0, 1) (std 0.998 in tests/fixtures/official_tiny); OpenCLIP uses 0.02.
+  c.text.token_init_std = 1.0
   # Generation condition: 't5' (frozen T5-Large, paper) | 'minilm' (frozen, offline) |
   # 'clip_tower' (CLIP tower token features, trainable) | 'small' (trainable transformer).
   c.text.cond_encoder = "t5"

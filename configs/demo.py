@@ -34,6 +34,7 @@ What differs from the paper recipe, on purpose (docs/DESIGN.md section 2, "small
     they open z gets almost no gradient. Measured at 300 steps: z_info@0.9 1.5e-3 instead of
     4.4e-5, z's spread over captions 0.16 instead of 0.02, retrieval unchanged within noise
     (README "Options for small pixel-token runs"); x10 was worse;
+  * the CLIP tower's token embedding initialised with std 0.02 (OpenCLIP; official 1.0);
   * contrastive weight 0.05 (paper 0.005): at batch 64 the InfoNCE gradient is otherwise too
     small to align the towers within a few hundred steps;
   * masking groups of 16 (paper 64) so one step mixes 4 mask ratios.
@@ -58,7 +59,9 @@ def get_config(arg=None):
   # already centred by their shift factor). Tokens lie in [-0.07, 1.93].
   c.tokenizer.update(kind="identity", patch_size=4, pixel_shift=-0.93)
   common.use_shapes_vocab(c, context_length=16)
-  c.text.update(width=128, layers=2, heads=4, cond_encoder="clip_tower")
+  # Token-embedding init std 0.02 (OpenCLIP; official 1.0): the demo's recipe and its measured
+  # numbers were set with it; the tower's token features are also the generation condition.
+  c.text.update(width=128, layers=2, heads=4, cond_encoder="clip_tower", token_init_std=0.02)
 
   c.masking.update(warmup_end=0.4, group_size=16)
   c.schedule.update(kind="warmup_cosine", warmup=0.05, final_lr_frac=0.1)

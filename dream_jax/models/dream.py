@@ -76,6 +76,7 @@ class ModelSpec:
   text_heads: int
   text_mlp_dim: int
   text_ln_eps: float
+  text_token_init_std: float   # CLIP tower token_embedding init std
   small_width: int
   small_layers: int
   small_heads: int
@@ -116,7 +117,8 @@ class ClipTextTower(nn.Module):
   @nn.compact
   def __call__(self, ids, eot_pos):
     s = self.spec
-    tok = self.param("token_embedding", normal(0.02), (s.text_vocab, s.text_width))
+    tok = self.param("token_embedding", normal(s.text_token_init_std),
+                     (s.text_vocab, s.text_width))
     pos = self.param("positional_embedding", normal(0.01), (s.text_ctx, s.text_width))
     proj = self.param("text_projection", normal(s.text_width ** -0.5),
                       (s.text_width, s.embed_dim))

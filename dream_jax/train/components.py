@@ -48,6 +48,7 @@ def model_spec(config) -> ModelSpec:
       cond_len=cond_len, text_vocab=t.vocab_size, text_ctx=t.context_length,
       text_width=t.width, text_layers=t.layers, text_heads=t.heads,
       text_mlp_dim=int(t.width * t.mlp_ratio), text_ln_eps=t.ln_eps,
+      text_token_init_std=t.token_init_std,
       small_width=t.small_width, small_layers=t.small_layers, small_heads=t.small_heads,
       diff_depth=m.diff_depth, diff_width=m.diff_width, dtype=config.compute_dtype,
       remat=m.remat, token_readout=config.loss.w_token_regression > 0)
