@@ -12,6 +12,9 @@ Frozen parameters (VAE / T5) are not checkpointed: they come from their files.
 Retention: the last `ckpt.keep` plus every multiple of `ckpt.permanent_every` (orbax
 `max_to_keep` + `keep_period`). Saves are asynchronous; `wait()` before exiting.
 A checkpoint whose manifest does not match the config is refused with the mismatching names.
+A save that fails (disk full, permissions, ...) raises `CheckpointSaveError` naming the step
+and the last complete checkpoint: at the save itself, or at the first `check_saves()` (the
+trainer polls every step) / `wait()` after the background write failed.
 """
 from __future__ import annotations
 
@@ -23,6 +26,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 FORMAT_VERSION = 1
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written; the previous complete checkpoint is untouched."""
 ITEMS = ("state", "ema", "data_iter", "meta")
 
 
@@ -103,6 +110,7 @@ class Checkpointer:
                     data_iter=ocp.JsonCheckpointHandler(),
                     meta=ocp.JsonCheckpointHandler(filename="meta.json"))
     self.manager = ocp.CheckpointManager(self.directory, options=opts, item_handlers=handlers)
+    self._pending: Optional[int] = None   # step of the save in flight (or not yet checked)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -115,10 +123,40 @@ class Checkpointer:
     meta = dict(format_version=FORMAT_VERSION, step=int(step),
                 manifest=dict(manifest(core, "state/"), **manifest(ema, "ema/")),
                 **(extra_meta or {}))
-    self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(core), ema=ocp.args.StandardSave(ema),
-        data_iter=ocp.args.JsonSave(data_state if data_state is not None else {}),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    self.check_saves()
+    try:
+      self.manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(core), ema=ocp.args.StandardSave(ema),
+          data_iter=ocp.args.JsonSave(data_state if data_state is not None else {}),
+          meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:   # noqa: BLE001  any failure of the write is fatal, named once
+      raise self._save_error(int(step), e) from e
+    self._pending = int(step)
+
+  def check_saves(self, block: bool = False) -> None:
+    """Raises CheckpointSaveError when the last save failed; block=True waits for it."""
+    if self._pending is None:
+      return
+    if not block and self.manager.is_saving_in_progress():
+      return
+    step, self._pending = self._pending, None
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:   # noqa: BLE001
+      raise self._save_error(step, e) from e
+
+  def _save_error(self, step: int, e: Exception) -> CheckpointSaveError:
+    try:
+      self.manager.reload()
+      good = [s for s in self.manager.all_steps() if s != step]
+    except Exception:   # noqa: BLE001  the listing itself may fail on a broken disk
+      good = []
+    last = (f"step {max(good)}" if good else "none (no checkpoint was completed)")
+    cause = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    return CheckpointSaveError(
+        f"saving checkpoint step {step} in {self.directory} failed ({cause}); stopping. "
+        f"The last complete checkpoint is {last}; a rerun resumes from it.")
 
   def read_meta(self, step: int) -> dict:
     out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -173,8 +211,9 @@ class Checkpointer:
     return out["state"]["params"], out["ema"]["batch_stats"]
 
   def wait(self):
+    self.check_saves(block=True)
     self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
