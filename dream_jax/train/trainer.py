@@ -204,50 +204,56 @@ class Trainer:
           only_missing and os.path.exists(samples_path(step))):
         write_samples(step)
 
-    if first_step == 0:
-      run_evals(0, final=total == 0)
-    elif first_step == total or (sample_every and first_step % sample_every == 0) or any(
-        _eval_due(first_step, False, e, a) for _, e, a in evaluators.values()):
-      missing = _missing_evals(metrics_lib.read_metrics(workdir), first_step, evaluators)
-      if first_step == total:
-        print(f"{workdir}: the previous run stopped after its final checkpoint (step "
-              f"{total}) without finishing; completing the final evaluation and samples"
-              + (f" ({', '.join(missing)})" if missing else "") + ".", flush=True)
-      after_checkpoint(first_step, only_missing=True)
+    try:
+      if first_step == 0:
+        run_evals(0, final=total == 0)
+      elif first_step == total or (sample_every and first_step % sample_every == 0) or any(
+          _eval_due(first_step, False, e, a) for _, e, a in evaluators.values()):
+        missing = _missing_evals(metrics_lib.read_metrics(workdir), first_step, evaluators)
+        if first_step == total:
+          print(f"{workdir}: the previous run stopped after its final checkpoint (step "
+                f"{total}) without finishing; completing the final evaluation and samples"
+                + (f" ({', '.join(missing)})" if missing else "") + ".", flush=True)
+        after_checkpoint(first_step, only_missing=True)
 
-    pending_finite = None   # the previous step's flag, read one step late (keeps dispatch async)
-    step = first_step
-    log_every = max(1, int(config.log_every))
-    t_start = time.perf_counter()
-    with jax.set_mesh(self.mesh):
-      while step < total:
-        batch = sharding.global_batch(self.mesh, next(it))
-        state, m = self.train_step(state, self.frozen, batch)
-        step += 1
-        ckpt.check_saves()    # a failed background save stops the run here, named once
-        if pending_finite is not None and not bool(pending_finite[1]):
-          raise self._nonfinite(pending_finite[0], ckpt)
-        pending_finite = (step, m["finite"])
-        is_last = step == total
-        if step % log_every == 0 or is_last or step == first_step + 1:
-          m = jax.device_get(m)
-          if not bool(m["finite"]):
-            raise self._nonfinite(step, ckpt)
-          row = {k: float(v) for k, v in m.items() if k != "finite"}
-          row.update(progress.rates(step))
-          row["elapsed_sec"] = time.perf_counter() - t_start
-          # Records the pipeline could not use, by reason (this host's counts).
-          row.update({f"data_skipped/{k}": float(v)
-                      for k, v in train_data.skip_counts().items()})
-          last_row.update(writer.write(step, row))
-          progress.print(step, row)
-        if (config.ckpt.every and step % config.ckpt.every == 0) or is_last:
-          if not bool(m["finite"]):     # never checkpoint a non-finite state
-            raise self._nonfinite(step, ckpt)
-          ckpt.save(step, state, it.get_state(), extra_meta=dict(total_steps=total))
-        if is_last or any(every and step % every == 0 for _, every, _ in evaluators.values()) \
-            or (sample_every and step % sample_every == 0):
-          after_checkpoint(step)
+      pending_finite = None   # the previous step's flag, read one step late (keeps dispatch async)
+      step = first_step
+      log_every = max(1, int(config.log_every))
+      t_start = time.perf_counter()
+      with jax.set_mesh(self.mesh):
+        while step < total:
+          batch = sharding.global_batch(self.mesh, next(it))
+          state, m = self.train_step(state, self.frozen, batch)
+          step += 1
+          ckpt.check_saves()    # a failed background save stops the run here, named once
+          if pending_finite is not None and not bool(pending_finite[1]):
+            raise self._nonfinite(pending_finite[0], ckpt)
+          pending_finite = (step, m["finite"])
+          is_last = step == total
+          if step % log_every == 0 or is_last or step == first_step + 1:
+            m = jax.device_get(m)
+            if not bool(m["finite"]):
+              raise self._nonfinite(step, ckpt)
+            row = {k: float(v) for k, v in m.items() if k != "finite"}
+            row.update(progress.rates(step))
+            row["elapsed_sec"] = time.perf_counter() - t_start
+            # Records the pipeline could not use, by reason (this host's counts).
+            row.update({f"data_skipped/{k}": float(v)
+                        for k, v in train_data.skip_counts().items()})
+            last_row.update(writer.write(step, row))
+            progress.print(step, row)
+          if (config.ckpt.every and step % config.ckpt.every == 0) or is_last:
+            if not bool(m["finite"]):     # never checkpoint a non-finite state
+              raise self._nonfinite(step, ckpt)
+            ckpt.save(step, state, it.get_state(), extra_meta=dict(total_steps=total))
+          if is_last or any(every and step % every == 0 for _, every, _ in evaluators.values()) \
+              or (sample_every and step % sample_every == 0):
+            after_checkpoint(step)
+    except BaseException:
+      # A crash (an evaluator, the data, Ctrl-C) must not lose the checkpoint being written:
+      # finish the in-flight save before the exception ends the process.
+      _finish_saves(ckpt)
+      raise
     ckpt.close()
     if step == total and jax.process_index() == 0:
       workdir_lib.write_done(workdir, total)
@@ -295,6 +301,13 @@ def _save_png_atomic(image_lib, grid: np.ndarray, path: str) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   image_lib.save_png(grid, tmp)
   os.replace(tmp, path)
+
+
+def _finish_saves(ckpt) -> None:
+  try:
+    ckpt.manager.wait_until_finished()
+  except Exception as e:   # noqa: BLE001  the original error is the one to report
+    logging.error("checkpoint save in flight failed too: %s", e)
 
 
 def _print_skips(train_data) -> None:
