@@ -33,7 +33,7 @@ RECIPES = ("dream", "fluid", "clip", "nowarmup")
 RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")   # config.rng_impl; the first is the default
 MODEL_SIZES = ("B", "L", "H", "G")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
-DATA_SOURCES = ("embedded", "mnist", "tfds", "wds", "folder", "cache")   # dream_jax.data.SOURCES
+DATA_SOURCES = ("shapes", "mnist", "tfds", "wds", "folder", "cache")   # dream_jax.data.SOURCES
 EVALUATOR_KINDS = ("heldout", "fidelity")             # dream_jax.evaluators.EVALUATORS
 FIDELITY_MODES = ("plain", "sad", "best_of_k")        # dream_jax.evaluators.fidelity.MODES
 # Sources that need `data.path` (tfds falls back to TFDS_DATA_DIR, the others read no files).
@@ -325,7 +325,7 @@ def _data(k: _Checker, c) -> None:
   if d.name == "tfds" and k.for_run:
     k.string("data.tfds_name", non_empty=True)
   k.integer("data.eval_size", 1)
-  k.integer("data.embedded_size", 1)
+  k.integer("data.shapes_size", 1)
   k.one_of("data.max_objects", (1, 2))
   k.fraction("data.two_object_prob")
   k.fraction("data.max_bad_fraction")
@@ -373,8 +373,8 @@ def _evals(k: _Checker, c) -> None:
     if "at_start" in e:
       k.boolean(f"{key}.at_start")
     if e.kind == "fidelity":
-      k.need(c.data.name == "embedded", f"{key}.kind",
-             f"'fidelity' needs data.name='embedded' (checkable prompts), got "
+      k.need(c.data.name == "shapes", f"{key}.kind",
+             f"'fidelity' needs data.name='shapes' (checkable prompts), got "
              f"data.name={c.data.name!r}")
       if "modes" in e:
         k.need(isinstance(e.modes, (tuple, list)) and len(e.modes) > 0

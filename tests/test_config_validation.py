@@ -43,13 +43,13 @@ CASES = [
     # ---- the issue's unclear cases (ISSUE) ----
     ({"compute_dtype": "float8"}, "compute_dtype", "one of ('float32', 'bfloat16'"),
     ({"data.image_size": 64}, "data.image_size", "must equal tokenizer.image_size=32"),
-    ({"data.name": "imagenet"}, "data.name", "one of ('embedded', 'mnist'"),
+    ({"data.name": "imagenet"}, "data.name", "one of ('shapes', 'mnist'"),
     ({"masking.group_size": 0}, "masking.group_size", ">= 1"),
     ({"masking.kind": "fixed", "masking.fixed_ratio": 1.5}, "masking.fixed_ratio",
      "in [0.0, 1.0]"),
     ({"sampling.sad_step": 0}, "sampling.sad_step", "in [1, 3]"),
     ({"data.name": "mnist", "evals.gen": FIDELITY}, "evals.gen.kind",
-     "needs data.name='embedded'"),
+     "needs data.name='shapes'"),
     # ---- top level ----
     ({"recipe": "mar"}, "recipe", "one of ('dream', 'fluid'"),
     ({"rng_impl": "mersenne"}, "rng_impl", "one of ('threefry2x32'"),

@@ -1,5 +1,5 @@
 """Corrupt and hostile data: skipped, counted by reason (exactly, per record consumed), in the
-metrics, the console summary and `data.inspect`; the run stops only past
+metrics, the console summary and `data.inspect_source`; the run stops only past
 data.max_bad_fraction; a truncated tar's lost records are counted."""
 import io
 import json
@@ -23,7 +23,7 @@ FAULTS = {1: "truncated", 3: "empty_image", 5: "undecodable", 7: "too_large",
           15: "missing_image", 17: "bad_json"}
 KEYS = range(210)   # 10 keys without an image -> 200 records = 25 batches of 8 = one epoch
 STEPS = 25
-CAPTION = "a large red circle"     # in the embedded vocabulary of the tiny run
+CAPTION = "a large red circle"     # in the shapes vocabulary of the tiny run
 BIG = 64            # too_large images are BIG x BIG with PIL's limit lowered to 40 x 40
 
 
@@ -108,10 +108,10 @@ def small_pil_limit(monkeypatch):
 
 def test_corrupt_run_completes_and_counts_equal_injected(tmp_path, small_pil_limit, capsys):
   """210 keys, 9 faults x 10-11 (~5% each): a 25-step run (one epoch of the 200 records
-  with an image) completes; its last metrics row, the console summary and data.inspect give
+  with an image) completes; its last metrics row, the console summary and data.inspect_source give
   the injected counts by reason."""
   import jax
-  from dream_jax.data.inspect import inspect_pipeline
+  from dream_jax.data.inspect_source import inspect_pipeline
   from dream_jax.train.metrics import read_metrics
   from dream_jax.train.trainer import train
   (tmp_path / "000.tar").write_bytes(_tar(KEYS, caption=CAPTION))

@@ -83,20 +83,19 @@ def check_config(config, workdir: str, *, allow_config_change: bool) -> list[str
 
   Returns the differing keys that are allowed to change (logged by the caller); raises
   WorkdirError naming every differing key otherwise. Keys the workdir's config predates take
-  their current defaults first (as `inference.load_config` does).
+  their current defaults first, renamed keys their new names (`inference.load_config`).
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return []
   with open(path) as f:
     try:
-      old = json.load(f)
+      json.load(f)
     except ValueError as e:
       raise WorkdirError(f"{path} is not valid JSON ({e}); this workdir's config is damaged, "
                          "refusing to run in it") from e
-  from configs import common
-  base = config_as_json_dict(common.base_config())
-  _fill_missing(old, base)
+  from dream_jax.train.inference import load_config   # renames, defaults of older workdirs
+  old = config_as_json_dict(load_config(workdir))
   diff = config_diff(old, config_as_json_dict(config))
   if not diff:
     return []
@@ -113,14 +112,6 @@ def check_config(config, workdir: str, *, allow_config_change: bool) -> list[str
         f"config, or pass --allow_config_change to resume with these non-structural changes:"
         "\n" + "\n".join(lines))
   return [k for k, _, _ in diff]
-
-
-def _fill_missing(old: dict, base: dict) -> None:
-  for k, v in base.items():
-    if k not in old:
-      old[k] = v
-    elif isinstance(v, dict) and isinstance(old[k], dict) and k != "evals":
-      _fill_missing(old[k], v)
 
 
 def _short(v) -> str:
