@@ -15,6 +15,7 @@ Without DREAM_FAULT it is main.py unchanged. `run_main` (imported by the tests) 
 a subprocess with one CPU device and the shared compile cache, and kills it at the moment.
 """
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -62,6 +63,89 @@ def run_main(workdir, *flags, fault: str | None = None, base=TINY_FLAGS,
       break
   rest = p.communicate(timeout=60)[0] or ""
   return Result(p.returncode, "".join(lines) + rest, killed_at)
+
+
+# --------------------------------------------------------------------- fault campaign
+FAULT_BASE = ("--config=tests/fault_config.py:steps=6",)
+PHASES = ("after_step", "in_save", "after_save", "in_eval", "in_samples")   # order in a step
+# The default campaign: 6 kills, one at each kind of moment of a 6-step run (checkpoints at
+# 2, 4, 6; evaluations at 0, 2, 4, 6; samples at 6).
+DEFAULT_MOMENTS = ("in_eval@0", "after_step@3", "in_save@4", "in_eval@4", "after_save@6",
+                   "in_samples@6")
+TIMING = ("steps_per_sec", "examples_per_sec", "eta_sec", "elapsed_sec")
+
+
+def all_moments(steps: int, every: int = 2) -> list[str]:
+  """Every moment of a `steps`-step run of tests/fault_config.py, in run order."""
+  out = []
+  for s in range(steps + 1):
+    if s:
+      out.append(f"after_step@{s}")
+    if s and (s % every == 0 or s == steps):
+      out += [f"in_save@{s}", f"after_save@{s}"]
+    if s % every == 0 or s == steps:
+      out.append(f"in_eval@{s}")
+  return out + [f"in_samples@{steps}"]
+
+
+def comparable_rows(workdir) -> list[dict]:
+  """metrics.jsonl without wall-clock values, in a canonical order (step, train row first)."""
+  from dream_jax.train.metrics import read_metrics
+  rows = [{k: v for k, v in r.items() if k not in TIMING and not k.endswith("/seconds")}
+          for r in read_metrics(workdir)]
+  return sorted(rows, key=lambda r: (r["step"], "loss" not in r))
+
+
+def restore_all(workdir, step):
+  """Every array of checkpoint `step` (state: params, opt state, rng; ema: EMA + BN)."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+  from dream_jax.train.checkpoint import Checkpointer
+  ck = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  out = ck.manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), ema=ocp.args.StandardRestore()))
+  return jax.tree.map(np.asarray, dict(out["state"], ema=out["ema"]))
+
+
+def campaign(root: str, moments=DEFAULT_MOMENTS, *, steps: int = 6, log=print) -> dict:
+  """An uninterrupted run and a run SIGKILLed at each of `moments` in turn (each rerun
+  resuming the same workdir, the last one finishing), then the equality check:
+  every array of the final checkpoint bitwise equal (params, optimiser state, rng, EMA, BN),
+  the metrics rows equal (wall-clock values aside, no duplicates), the final sample grid
+  byte-identical, done.json in both. Returns a summary; raises AssertionError on a failure."""
+  import jax
+  import numpy as np
+  base = (f"--config=tests/fault_config.py:steps={steps}",)
+  ref, run = os.path.join(root, "reference"), os.path.join(root, "killed")
+  t0 = time.monotonic()
+  r = run_main(ref, base=base)
+  assert r.returncode == 0, r.output[-3000:]
+  log(f"reference run: {time.monotonic() - t0:.0f}s")
+  kills = []
+  for m in moments:
+    t = time.monotonic()
+    r = run_main(run, fault=m, base=base)
+    assert r.returncode == -signal.SIGKILL and r.killed_at, (m, r.returncode, r.output[-3000:])
+    ck = os.path.join(run, "checkpoints")
+    steps_now = sorted(int(d) for d in os.listdir(ck) if d.isdigit()) if os.path.isdir(ck) else []
+    kills.append(dict(moment=m, checkpoints=steps_now, seconds=round(time.monotonic() - t)))
+    log(f"killed at {r.killed_at}: committed checkpoints {steps_now}")
+  r = run_main(run, base=base)
+  assert r.returncode == 0, r.output[-3000:]
+  a, b = restore_all(ref, steps), restore_all(run, steps)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  rows_a, rows_b = comparable_rows(ref), comparable_rows(run)
+  assert rows_a == rows_b, (rows_a, rows_b)
+  assert len({(x["step"], "loss" in x) for x in rows_b}) == len(rows_b)   # no duplicates
+  png = os.path.join("samples", f"step_{steps:06d}.png")
+  assert open(os.path.join(ref, png), "rb").read() == open(os.path.join(run, png), "rb").read()
+  for w in (ref, run):
+    assert json.load(open(os.path.join(w, "done.json"))) == {"step": steps}
+  summary = dict(kills=kills, rows=len(rows_b), arrays=len(jax.tree.leaves(b)),
+                 seconds=round(time.monotonic() - t0))
+  log(json.dumps(summary))
+  return summary
 
 
 def _pause(moment: str, step: int) -> None:
