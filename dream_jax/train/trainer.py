@@ -1,17 +1,25 @@
 """The one trainer: any config, from a laptop CPU to a TPU pod (big_vision/train.py style).
 
 Order of events in `train(config, workdir)`:
-  1. mesh from config.mesh ('data' x 'fsdp'); W/config.json written (resolved config);
+  1. config validated (configs/validation.py); mesh from config.mesh ('data' x 'fsdp');
   2. state shapes by `jax.eval_shape`, shardings by the FSDP rule, state created by a jitted
      init with `out_shardings` (never materialised on one device);
-  3. resume from the latest W/checkpoints/<step> if any (state, EMA + BN stats, data
-     iterator), else `ckpt.init_from`, else fresh;
-  4. loop: global batch -> donated jitted step -> metrics (process 0) -> evaluators at step 0,
-     every `evals.<name>.every` steps and at the end -> sample grids of
-     `sampling.prompts` every `sampling.every` steps and at the end (W/samples/step_*.png)
-     -> checkpoints every `ckpt.every` and at the end. A non-finite loss or gradient stops
-     the run with an error; the state that produced it is never written, so the last good
-     checkpoint stays the latest.
+  3. the workdir's config.json compared with this config (dream_jax/train/workdir.py: a
+     differing key is refused, non-structural ones allowed with allow_config_change); the
+     data sources opened; resume from the latest W/checkpoints/<step> if any (state, EMA +
+     BN stats, data iterator with its skip counts), else `ckpt.init_from`, else fresh. Only
+     then is anything written: W/config.json (atomic), metrics rows after the resumed step
+     dropped (a killed run's replayed steps), W/done.json removed;
+  4. loop: global batch -> donated jitted step -> metrics (process 0) -> checkpoints every
+     `ckpt.every` and at the end -> that step's evaluators (step 0, every
+     `evals.<name>.every`, the end) and sample grids of `sampling.prompts` (every
+     `sampling.every`, the end; W/samples/step_*.png, atomic). A resumed run first completes
+     the evaluations and samples of its resumed step that are missing (a run killed after a
+     checkpoint, the final one included, says so); W/done.json is written after the final
+     ones. A non-finite loss or gradient stops the run with an error; the state that
+     produced it is never written, so the last good checkpoint stays the latest. A failed
+     checkpoint save stops the run with one CheckpointSaveError; any other crash first
+     finishes the save in flight.
 """
 from __future__ import annotations
 
