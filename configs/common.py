@@ -34,6 +34,9 @@ import math
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
+# Keys whose default is None are typed placeholders, so `--config.optim.lr=1e-3` works on
+# the command line (ml_collections cannot override a plain None field).
+placeholder = ml_collections.config_dict.placeholder
 
 # Paper sizes: (width, depth, heads, mlp_dim or None for 4x width). Encoder = decoder.
 MODEL_SIZES = {
@@ -100,7 +103,7 @@ def base_config() -> ConfigDict:
   c.model.dec_depth = 12
   c.model.dec_heads = 12
   c.model.mlp_ratio = 4.0
-  c.model.mlp_dim = None         # overrides mlp_ratio*width when set (G: 8192)
+  c.model.mlp_dim = placeholder(int)    # None; overrides mlp_ratio*width when set (G: 8192)
   c.model.buffer_size = 64       # buffer tokens, all from one learned embedding (paper)
   c.model.attn_dropout = 0.1     # official attn_dropout
   c.model.proj_dropout = 0.1     # official proj_dropout
@@ -110,7 +113,8 @@ def base_config() -> ConfigDict:
   c.model.bn_eps = 1e-5          # BatchNorm eps (torch default)
   c.model.bn_momentum = 0.9      # Flax convention: running = 0.9*running + 0.1*batch (torch 0.1)
   c.model.logit_scale_init = math.log(1 / 0.07)
-  c.model.logit_scale_max = None  # e.g. math.log(100) to clamp; None (unclamped) in paper configs
+  # None: unclamped (paper configs); e.g. math.log(100) to clamp.
+  c.model.logit_scale_max = placeholder(float)
   c.model.aligner_depth = 6       # text aligner blocks (decoder width/heads/mlp)
   c.model.mask_text_padding = False  # reference attends to pads: off in paper configs
   # Diffusion head (MAR DiffLoss).
@@ -208,7 +212,7 @@ def base_config() -> ConfigDict:
   # ------------------------------------------------------------------ optim
   c.optim = ConfigDict()
   c.optim.base_lr = 1e-4               # lr = base_lr * batch / 256 (paper: 8e-4 at 2048)
-  c.optim.lr = None                    # absolute lr; overrides base_lr scaling when set
+  c.optim.lr = placeholder(float)      # None; absolute lr; overrides base_lr scaling when set
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.weight_decay = 0.04
@@ -257,10 +261,10 @@ def base_config() -> ConfigDict:
   c.sampling.cfg = 3.0
   c.sampling.cfg_schedule = "linear"   # 'linear' (grows with revealed share) | 'constant'
   c.sampling.temperature = 1.0
-  c.sampling.clip_denoised = None      # reference: never clip the predicted x0 (paper)
+  c.sampling.clip_denoised = placeholder(float)  # None: never clip the x0 (reference, paper)
   c.sampling.sad_candidates = 5        # K (paper default)
   c.sampling.sad_step = 32             # T of 64 (official default)
-  c.sampling.sad_share = None          # or select after this share of tokens is decoded
+  c.sampling.sad_share = placeholder(float)  # None; or select once this share is decoded
   c.sampling.prompts = ()              # fixed prompts of the training-time sample grids
   c.sampling.every = 0                 # grid every N steps (0: only at the end; none if no prompts)
 

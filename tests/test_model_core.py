@@ -17,6 +17,7 @@ def tiny_config(**model):
   common.runlocal(c)
   c.tokenizer.kind = "identity"
   c.tokenizer.image_size = 16          # 8x8 grid of 2x2 pixel patches: L = 64, C = 12
+  c.data.image_size = 16               # validation: the data must match the tokenizer
   c.text.cond_encoder = "small"
   c.text.small_width, c.text.small_layers, c.text.small_heads = 16, 1, 2
   c.model.update(encoder_buckets=1, diffusion_buckets=1, attn_dropout=0.0, proj_dropout=0.0)
