@@ -38,6 +38,7 @@ EVALUATOR_KINDS = ("heldout", "fidelity")             # dream_jax.evaluators.EVA
 FIDELITY_MODES = ("plain", "sad", "best_of_k")        # dream_jax.evaluators.fidelity.MODES
 # Sources that need `data.path` (tfds falls back to TFDS_DATA_DIR, the others read no files).
 SOURCES_WITH_PATH = ("wds", "folder", "cache")
+SOURCES_WITH_VOCAB = ("shapes", "mnist")              # dream_jax.data.dataset_vocab
 MIN_CONTEXT_LENGTH = 3
 _SPACING = re.compile(r"^(ddim[1-9]\d*|[1-9]\d*(,[1-9]\d*)*)$")   # space_timesteps specs
 
@@ -190,7 +191,6 @@ def _model(k: _Checker, c) -> None:
   k.one_of("model.noise_schedule", ("cosine", "linear"))
   k.one_of("model.diffusion_prediction", ("eps", "x0"))
   k.one_of("model.diffusion_loss_space", ("eps", "v", "x0"))
-  _spacing(k, "model.num_sampling_steps", m.num_train_timesteps)
   k.one_of("model.encoder_path", ("drop", "masked"))
   k.boolean("model.remat")
 
@@ -211,12 +211,14 @@ def _spacing(k: _Checker, key: str, num_timesteps: int) -> None:
 def _tokenizer(k: _Checker, c) -> None:
   t = c.tokenizer
   k.one_of("tokenizer.kind", ("vae", "identity"))
-  for name in ("image_size", "patch_size", "vae_stride", "latent_channels"):
+  for name in ("patch_size", "vae_stride", "latent_channels"):
     k.integer(f"tokenizer.{name}", 1)
+  k.integer("data.image_size", 1)
   stride = t.vae_stride if t.kind == "vae" else 1
-  k.need(t.image_size % (stride * t.patch_size) == 0, "tokenizer.image_size",
-         f"must be divisible by vae_stride*patch_size={stride * t.patch_size}"
-         if t.kind == "vae" else f"must be divisible by patch_size={t.patch_size}")
+  # The tokenizer's input is data.image_size (one key for the image side).
+  k.need(c.data.image_size % (stride * t.patch_size) == 0, "data.image_size",
+         f"must be divisible by tokenizer.vae_stride*patch_size={stride * t.patch_size}"
+         if t.kind == "vae" else f"must be divisible by tokenizer.patch_size={t.patch_size}")
   k.string("tokenizer.vae_path")
   k.number("tokenizer.scale_factor", 0.0, lo_open=True)
   k.number("tokenizer.pixel_shift")
@@ -236,12 +238,20 @@ def _text(k: _Checker, c) -> None:
          "must not repeat a word")
   k.integer("text.context_length", MIN_CONTEXT_LENGTH)
   k.integer("text.vocab_size", 1)
-  if t.tokenizer == "word":
+  if t.tokenizer == "clip_bpe":
+    k.need(t.vocab_size >= 49408, "text.vocab_size", "must be >= 49408 for CLIP BPE ids")
+  elif t.word_vocab:
     k.need(t.vocab_size >= len(t.word_vocab) + 4, "text.vocab_size",
            f"must be >= {len(t.word_vocab) + 4}: the word tokenizer's {len(t.word_vocab)} "
            "words + pad, unk, sot, eot")
-  else:
-    k.need(t.vocab_size >= 49408, "text.vocab_size", "must be >= 49408 for CLIP BPE ids")
+  elif c.data.name in DATA_SOURCES:   # word_vocab (): the data source's own vocabulary
+    k.need(c.data.name in SOURCES_WITH_VOCAB, "text.word_vocab",
+           f"is empty, which needs a data source with its own vocabulary "
+           f"{SOURCES_WITH_VOCAB}, got data.name={c.data.name!r}")
+    if c.data.name == "shapes":
+      from configs.common import SHAPES_VOCAB_SIZE   # lazy: common imports this module
+      k.need(t.vocab_size >= SHAPES_VOCAB_SIZE, "text.vocab_size",
+             f"must be >= {SHAPES_VOCAB_SIZE}: the shapes vocabulary + pad, unk, sot, eot")
   for name in ("width", "layers", "heads", "cond_len", "cond_dim", "small_width",
                "small_layers", "small_heads"):
     k.integer(f"text.{name}", 1)
@@ -299,6 +309,7 @@ def _schedule_loss_optim(k: _Checker, c) -> None:
   k.number("optim.lr", 0.0, lo_open=True, none_ok=True)
   k.fraction("optim.b1", hi_open=True)
   k.fraction("optim.b2", hi_open=True)
+  k.number("optim.eps", 0.0, lo_open=True)
   k.number("optim.weight_decay", 0.0)
   k.number("optim.grad_clip", 0.0)
   k.number("optim.head_lr_mult", 0.0, lo_open=True)
@@ -311,11 +322,7 @@ def _schedule_loss_optim(k: _Checker, c) -> None:
 def _data(k: _Checker, c) -> None:
   d = c.data
   k.one_of("data.name", DATA_SOURCES)
-  k.integer("data.image_size", 1)
-  k.need(d.image_size == c.tokenizer.image_size, "data.image_size",
-         f"must equal tokenizer.image_size={c.tokenizer.image_size}")
   k.integer("data.num_workers", 1)
-  k.integer("data.shuffle_buffer", 1)
   k.boolean("data.random_flip")
   for name in ("path", "eval_path", "tfds_name", "train_split", "eval_split", "image_key",
                "caption_key", "captions_file", "cache_dir"):

@@ -11,7 +11,7 @@ from configs import common, dream_b16
 def get_config(arg=None):
   a = common.parse_arg(arg, steps=6)
   c = dream_b16.get_config("runlocal")
-  c.tokenizer.update(kind="identity", image_size=16, patch_size=4)
+  c.tokenizer.update(kind="identity", patch_size=4)
   c.data.update(image_size=16, eval_size=16)
   c.text.cond_encoder = "small"
   c.text.update(small_width=32, small_layers=1, small_heads=2)

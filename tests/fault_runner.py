@@ -28,7 +28,7 @@ sys.path.insert(0, ROOT)
 
 # The tiny config of the trainer tests, as command-line overrides of dream_b16:runlocal.
 TINY_FLAGS = ("--config=configs/dream_b16.py:runlocal", "--config.tokenizer.kind=identity",
-              "--config.tokenizer.image_size=16", "--config.tokenizer.patch_size=4",
+              "--config.tokenizer.patch_size=4",
               "--config.data.image_size=16", "--config.text.cond_encoder=small",
               "--config.text.small_width=32", "--config.text.small_layers=1",
               "--config.text.small_heads=2", "--config.total_steps=6", "--config.ckpt.every=2",

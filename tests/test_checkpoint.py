@@ -11,6 +11,8 @@ import pytest
 
 from tests.fault_runner import run_main
 
+pytestmark = pytest.mark.slow   # slow tier: trains, runs main.py or compiles a sampler
+
 TIMING = ("steps_per_sec", "examples_per_sec", "eta_sec", "elapsed_sec")
 
 
@@ -91,7 +93,7 @@ def test_meta_manifest_and_load_for_inference(runs):
 
 def test_mismatching_checkpoint_is_refused_with_names(runs):
   full, _ = runs
-  from tests.test_train import tiny_config
+  from tests.helpers import train_config as tiny_config
   from dream_jax.train.trainer import Trainer
   from dream_jax.train.checkpoint import Checkpointer
   c = tiny_config(total_steps=6)
@@ -106,7 +108,7 @@ def test_mismatching_checkpoint_is_refused_with_names(runs):
 
 def test_init_from_another_run(runs):
   full, _ = runs
-  from tests.test_train import tiny_config
+  from tests.helpers import train_config as tiny_config
   from dream_jax.train.trainer import Trainer
   c = tiny_config(total_steps=6)
   c.ckpt.init_from = full

@@ -42,7 +42,7 @@ CASES = [
     ({"sampling.sad_step": 4}, "sampling.sad_step", "in [1, 3]"),   # = num_steps
     # ---- the issue's unclear cases (ISSUE) ----
     ({"compute_dtype": "float8"}, "compute_dtype", "one of ('float32', 'bfloat16'"),
-    ({"data.image_size": 64}, "data.image_size", "must equal tokenizer.image_size=32"),
+    ({"data.image_size": 36}, "data.image_size", "divisible by tokenizer.vae_stride*patch_size=16"),
     ({"data.name": "imagenet"}, "data.name", "one of ('shapes', 'mnist'"),
     ({"masking.group_size": 0}, "masking.group_size", ">= 1"),
     ({"masking.kind": "fixed", "masking.fixed_ratio": 1.5}, "masking.fixed_ratio",
@@ -82,23 +82,28 @@ CASES = [
     ({"model.noise_schedule": "sigmoid"}, "model.noise_schedule", "('cosine', 'linear')"),
     ({"model.diffusion_prediction": "v"}, "model.diffusion_prediction", "('eps', 'x0')"),
     ({"model.diffusion_loss_space": "l1"}, "model.diffusion_loss_space", "'v'"),
-    ({"model.num_sampling_steps": "abc"}, "model.num_sampling_steps", "respacing spec"),
-    ({"model.num_sampling_steps": "2000"}, "model.num_sampling_steps", "at most 1000"),
+    ({"sampling.num_diffusion_steps": "2000"}, "sampling.num_diffusion_steps", "at most 1000"),
+    ({"optim.eps": 0.0}, "optim.eps", "> 0.0"),
     ({"model.encoder_path": "full"}, "model.encoder_path", "('drop', 'masked')"),
     ({"model.encoder_buckets": 0}, "model.encoder_buckets", ">= 1"),
     ({"model.diffusion_batch_mul": 0}, "model.diffusion_batch_mul", ">= 1"),
     ({"model.remat": "yes"}, "model.remat", "True or False"),
     # ---- tokenizer ----
     ({"tokenizer.kind": "vqgan"}, "tokenizer.kind", "('vae', 'identity')"),
-    ({"tokenizer.patch_size": 3}, "tokenizer.image_size", "divisible by vae_stride*patch_size=24"),
-    ({"tokenizer.kind": "identity", "tokenizer.patch_size": 5}, "tokenizer.image_size",
-     "divisible by patch_size=5"),
+    ({"tokenizer.patch_size": 3}, "data.image_size",
+     "divisible by tokenizer.vae_stride*patch_size=24"),
+    ({"tokenizer.kind": "identity", "tokenizer.patch_size": 5}, "data.image_size",
+     "divisible by tokenizer.patch_size=5"),
     ({"tokenizer.pixel_scale": 0.0}, "tokenizer.pixel_scale", "> 0.0"),
     ({"tokenizer.scale_factor": -1.0}, "tokenizer.scale_factor", "> 0.0"),
     ({"tokenizer.dtype": "int8"}, "tokenizer.dtype", "one of ('float32'"),
     # ---- text ----
     ({"text.tokenizer": "sentencepiece"}, "text.tokenizer", "('clip_bpe', 'word')"),
-    ({"text.vocab_size": 10}, "text.vocab_size", "pad, unk, sot, eot"),
+    ({"text.vocab_size": 10}, "text.vocab_size", "the shapes vocabulary + pad, unk, sot, eot"),
+    ({"text.word_vocab": ("a", "b"), "text.vocab_size": 5}, "text.vocab_size",
+     "the word tokenizer's 2 words + pad, unk, sot, eot"),
+    ({"data.name": "wds", "data.path": "x.tar"}, "text.word_vocab",
+     "needs a data source with its own vocabulary"),
     ({"text.tokenizer": "clip_bpe", "text.vocab_size": 1000}, "text.vocab_size", ">= 49408"),
     ({"text.heads": 3}, "text.heads", "must divide text.width=32"),
     ({"text.word_vocab": ("a", "a")}, "text.word_vocab", "must not repeat a word"),
@@ -202,12 +207,13 @@ def test_defined_values_are_accepted(overrides):
 
 def test_paths_are_required_for_a_run_only():
   """A config file may leave data.path to the command line; main.py validates for_run."""
-  c = apply(base(), {"data.name": "wds"})
+  own_vocab = {"text.word_vocab": ("photo",)}      # wds/tfds captions have no fixed vocabulary
+  c = apply(base(), {"data.name": "wds", **own_vocab})
   validate(c)
   with pytest.raises(ConfigError, match=r"^config.data.path='': must be set for "
                                         r"data.name='wds'$"):
     validate(c, for_run=True)
-  c = apply(base(), {"data.name": "tfds"})
+  c = apply(base(), {"data.name": "tfds", **own_vocab})
   with pytest.raises(ConfigError, match=r"^config.data.tfds_name='': must be a non-empty"):
     validate(c, for_run=True)
 

@@ -87,6 +87,9 @@ def _config(path, *, numbered=True, **data):
   c.log_every = STEPS
   if numbered:
     c.text.update(tokenizer="word", word_vocab=VOCAB, vocab_size=len(VOCAB) + 4)
+  else:   # the shapes vocabulary, given explicitly (a wds source has none of its own)
+    from dream_jax.data.shapes import VOCAB as SHAPES
+    c.text.word_vocab = tuple(SHAPES)
   c.data.update(name="wds", path=path, num_workers=2)
   c.data.update(**dict(dict(max_bad_fraction=0.5), **data))
   return c

@@ -64,14 +64,12 @@ class Trainer:
     self.config = config
     validate(config)
     warn_accumulation(config)
-    # Process-wide (jax has one default PRNG): every key made from here on uses it.
-    jax.config.update("jax_default_prng_impl", config.rng_impl)
     self.mesh = sharding.make_mesh(config, devices)
     self.components = Components(config)
     self.tx = optim.make_optimizer(config)
     with jax.set_mesh(self.mesh):
       self.frozen = jax.device_put(self.components.init_frozen(), sharding.replicated(self.mesh))
-    init = lambda: init_state(self.components, self.tx, int(config.seed))
+    init = lambda: init_state(self.components, self.tx, int(config.seed), config.rng_impl)
     self.state_shapes = jax.eval_shape(init)
     self.state_sharding = sharding.tree_shardings(self.mesh, self.state_shapes)
     self._init = jax.jit(init, out_shardings=self.state_sharding)
