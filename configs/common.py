@@ -47,6 +47,9 @@ import math
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
+# Keys whose default is None are typed placeholders, so `--config.optim.lr=1e-3` works on
+# the command line (ml_collections cannot override a plain None field).
+placeholder = ml_collections.config_dict.placeholder
 
 # Paper sizes: (width, depth, heads, mlp_dim or None for 4x width). Encoder = decoder.
 MODEL_SIZES = {
@@ -56,8 +59,8 @@ MODEL_SIZES = {
     "G": (1664, 24, 16, 8192),  # DREAM-G (2.4B incl. the diffusion head)
 }
 
-RECIPES = ("dream", "fluid", "clip", "nowarmup")
-RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")   # config.rng_impl; the first is the default
+# The enumerations and the one validation live in configs/validation.py.
+from configs.validation import RECIPES, RNG_IMPLS, ConfigError, validate  # noqa: F401,E402
 
 
 def parse_arg(arg: str | None, **defaults) -> ConfigDict:
@@ -102,7 +105,6 @@ def base_config() -> ConfigDict:
   c.grad_accum_steps = 1
   c.allow_accum_with_contrastive = False     # accumulation changes the contrastive objective
   c.log_every = 50
-  c.debug_stop_after = 0                     # tests: SIGKILL the run after this many steps (0: off)
 
   # ------------------------------------------------------------------ model
   c.model = ConfigDict()
@@ -114,7 +116,7 @@ def base_config() -> ConfigDict:
   c.model.dec_depth = 12
   c.model.dec_heads = 12
   c.model.mlp_ratio = 4.0
-  c.model.mlp_dim = None         # overrides mlp_ratio*width when set (G: 8192)
+  c.model.mlp_dim = placeholder(int)  # None; overrides mlp_ratio*width when set (G: 8192)
   c.model.buffer_size = 64       # buffer tokens, all from one learned embedding (paper)
   c.model.attn_dropout = 0.1     # official attn_dropout
   c.model.proj_dropout = 0.1     # official proj_dropout
@@ -124,7 +126,8 @@ def base_config() -> ConfigDict:
   c.model.bn_eps = 1e-5          # BatchNorm eps (torch default)
   c.model.bn_momentum = 0.9      # Flax convention: running = 0.9*running + 0.1*batch (torch 0.1)
   c.model.logit_scale_init = math.log(1 / 0.07)
-  c.model.logit_scale_max = None  # e.g. math.log(100) to clamp; None (unclamped) in paper configs
+  # None: unclamped (paper configs); e.g. math.log(100) to clamp.
+  c.model.logit_scale_max = placeholder(float)
   c.model.aligner_depth = 6       # text aligner blocks (decoder width/heads/mlp)
   c.model.mask_text_padding = False  # reference attends to pads: off in paper configs
   # Diffusion head (MAR DiffLoss).
@@ -223,7 +226,7 @@ def base_config() -> ConfigDict:
   # ------------------------------------------------------------------ optim
   c.optim = ConfigDict()
   c.optim.base_lr = 1e-4               # lr = base_lr * batch / 256 (paper: 8e-4 at 2048)
-  c.optim.lr = None                    # absolute lr; overrides base_lr scaling when set
+  c.optim.lr = placeholder(float)      # None; absolute lr; overrides base_lr scaling when set
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
   c.optim.eps = 1e-8                   # Adam epsilon (torch AdamW default, as the reference)
@@ -260,6 +263,10 @@ def base_config() -> ConfigDict:
   c.data.shapes_size = 100_000         # shapes: distinct train examples (held-out ones are separate)
   c.data.max_objects = 2               # shapes: 1 or 2 objects per image
   c.data.two_object_prob = 0.5         # shapes: share of two-object images
+  # Unusable records (corrupt images, bad captions, ...) are skipped and counted by reason;
+  # the run stops with an error once more than this share of the records read is bad
+  # (checked after data.pipeline.MIN_RECORDS_FOR_BAD_FRACTION records).
+  c.data.max_bad_fraction = 0.1
 
   # --------------------------------------------------------------- sampling
   c.sampling = ConfigDict()
@@ -268,10 +275,10 @@ def base_config() -> ConfigDict:
   c.sampling.cfg = 3.0
   c.sampling.cfg_schedule = "linear"   # 'linear' (grows with revealed share) | 'constant'
   c.sampling.temperature = 1.0
-  c.sampling.clip_denoised = None      # reference: never clip the predicted x0 (paper)
+  c.sampling.clip_denoised = placeholder(float)  # None: never clip the x0 (reference, paper)
   c.sampling.sad_candidates = 5        # K (paper default)
   c.sampling.sad_step = 32             # T of 64 (official default)
-  c.sampling.sad_share = None          # or select after this share of tokens is decoded
+  c.sampling.sad_share = placeholder(float)  # None; or select once this share is decoded
   c.sampling.prompts = ()              # fixed prompts of the training-time sample grids
   c.sampling.every = 0                 # grid every N steps (0: only at the end; none if no prompts)
 
@@ -382,66 +389,3 @@ def finalize(c: ConfigDict) -> ConfigDict:
   """Derives dependent values and validates; errors name the offending key."""
   validate(c)
   return c
-
-
-def validate(c: ConfigDict) -> None:
-  def need(cond, key, msg):
-    if not cond:
-      raise ValueError(f"config.{key}: {msg}")
-
-  need(c.recipe in RECIPES, "recipe", f"must be one of {RECIPES}")
-  need(c.total_steps > 0, "total_steps", "must be > 0")
-  need(c.get("rng_impl", RNG_IMPLS[0]) in RNG_IMPLS, "rng_impl", f"one of {RNG_IMPLS}")
-  need(c.batch_size > 0, "batch_size", "must be > 0")
-  need(c.batch_size % c.masking.group_size == 0, "batch_size",
-       f"{c.batch_size} is not divisible by masking.group_size={c.masking.group_size}")
-  need(c.model.width % c.model.heads == 0, "model.heads", "must divide model.width")
-  need(c.model.dec_width % c.model.dec_heads == 0, "model.dec_heads", "must divide model.dec_width")
-  need(c.text.width % c.text.heads == 0, "text.heads", "must divide text.width")
-  need(c.model.encoder_path in ("drop", "masked"), "model.encoder_path", "'drop' or 'masked'")
-  need(c.model.encoder_buckets >= 1, "model.encoder_buckets", "must be >= 1")
-  need(c.model.diffusion_buckets >= 1, "model.diffusion_buckets", "must be >= 1")
-  need(c.model.noise_schedule in ("cosine", "linear"), "model.noise_schedule",
-       "'cosine' or 'linear'")
-  need(c.model.diffusion_prediction in ("eps", "x0"), "model.diffusion_prediction",
-       "'eps' or 'x0'")
-  need(c.model.diffusion_loss_space in ("eps", "v", "x0"), "model.diffusion_loss_space",
-       "'eps', 'v' or 'x0'")
-  need(c.tokenizer.kind in ("vae", "identity"), "tokenizer.kind", "'vae' or 'identity'")
-  need(c.text.tokenizer in ("clip_bpe", "word"), "text.tokenizer", "'clip_bpe' or 'word'")
-  if c.text.tokenizer == "word":
-    need(c.text.vocab_size >= len(c.text.word_vocab) + 4, "text.vocab_size",
-         f"{c.text.vocab_size} < {len(c.text.word_vocab) + 4} ids of the word tokenizer")
-  else:
-    need(c.text.vocab_size >= 49408, "text.vocab_size", "CLIP BPE needs 49408 ids")
-  need(c.text.cond_encoder in ("t5", "minilm", "clip_tower", "small"), "text.cond_encoder",
-       "'t5', 'minilm', 'clip_tower' or 'small'")
-  need(c.masking.kind in ("truncnorm", "uniform", "fixed", "none"), "masking.kind",
-       "'truncnorm', 'uniform', 'fixed' or 'none'")
-  need(0.0 <= c.masking.min <= c.masking.max <= 1.0, "masking.min",
-       "need 0 <= masking.min <= masking.max <= 1")
-  need(0.0 <= c.masking.warmup_start <= c.masking.warmup_end <= 1.0, "masking.warmup_end",
-       "need 0 <= warmup_start <= warmup_end <= 1 (fractions of total_steps)")
-  need(0.0 <= c.schedule.warmup <= 1.0, "schedule.warmup", "fraction of total_steps in [0, 1]")
-  need(c.schedule.kind in ("warmup_constant", "warmup_cosine"), "schedule.kind",
-       "'warmup_constant' or 'warmup_cosine'")
-  need(c.tokenizer.pixel_scale > 0, "tokenizer.pixel_scale", "must be > 0")
-  need(c.optim.head_lr_mult > 0, "optim.head_lr_mult", "must be > 0")
-  need(c.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
-  need(c.batch_size % c.grad_accum_steps == 0, "grad_accum_steps", "must divide batch_size")
-  if c.grad_accum_steps > 1 and c.loss.w_contrastive > 0:
-    need(c.allow_accum_with_contrastive, "grad_accum_steps",
-         "gradient accumulation changes the contrastive objective (fewer negatives, per-"
-         "micro-batch BatchNorm statistics and gates); set allow_accum_with_contrastive=True")
-  need(c.sampling.num_steps >= 1, "sampling.num_steps", "must be >= 1")
-  need(c.sampling.sad_candidates >= 1, "sampling.sad_candidates", "K must be >= 1")
-  need(0 <= c.sampling.sad_step <= c.sampling.num_steps, "sampling.sad_step",
-       f"T={c.sampling.sad_step} is outside the {c.sampling.num_steps} decoding steps")
-  if c.sampling.sad_share is not None:
-    need(0.0 < c.sampling.sad_share < 1.0, "sampling.sad_share", "must be in (0, 1)")
-  need(c.sampling.cfg_schedule in ("linear", "constant"), "sampling.cfg_schedule",
-       "'linear' or 'constant'")
-  t, size = c.tokenizer, c.data.image_size
-  stride = t.vae_stride if t.kind == "vae" else 1
-  need(size % (stride * t.patch_size) == 0, "data.image_size",
-       f"{size} must be divisible by tokenizer.vae_stride*patch_size={stride * t.patch_size}")

@@ -25,5 +25,6 @@ def get_config(arg=None):
   c.text.update(tokenizer="word", context_length=77, vocab_size=1000, width=64, layers=2,
                 heads=4, cond_encoder="t5", cond_len=8, cond_dim=32, tiny_random=True)
   c.masking.group_size = 4
+  c.data.image_size = 64
   c.sampling.num_diffusion_steps = "50"
   return common.finalize(c)

@@ -12,6 +12,19 @@ prompt). Mode: 'sad' when --num_candidates, --sad_step or --sad_share is given, 
 'plain', unless --mode says otherwise. With --show_candidates (SAD) OUT_candidates.png shows
 the K partial candidates of every prompt at step T with their scores, the winner framed.
 Defaults come from the run's config.sampling.
+
+Inputs are checked before anything is sampled, each error naming its flag:
+  * --cfg, --temperature, --num_steps, --num_diffusion_steps, --cfg_schedule, --sad_step,
+    --sad_share, --num_candidates: applied to the run's config.sampling and checked by the
+    one config validation (configs/validation.py): cfg >= 0 (1 = no guidance), temperature
+    >= 0 (0 = noise-free head sampling), num_steps >= 1 (>= 2 for SAD), sad_step in
+    [1, num_steps - 1], num_diffusion_steps a respacing spec ('50', 'ddim25', ...),
+    1 <= num_candidates <= MAX_CANDIDATES;
+  * prompts: an empty --prompt is an error; words outside a word tokenizer's vocabulary are
+    encoded as <unk> with a warning naming them (an error with --strict); characters the
+    tokenizer drops (non-ASCII for the word tokenizer) and prompts longer than the text
+    context (the end is cut, as CLIP does) are warned about;
+  * --out must be a file path in an existing directory (not a directory).
 """
 from __future__ import annotations
 
@@ -23,6 +36,13 @@ import time
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+
+MAX_CANDIDATES = 64   # K decodings per prompt run in one batch; more is a typo, not a plan
+# CLI flag -> key of config.sampling checked by configs/validation.py.
+SAMPLING_FLAGS = {"cfg": "cfg", "temperature": "temperature", "num_steps": "num_steps",
+                  "num_diffusion_steps": "num_diffusion_steps", "cfg_schedule": "cfg_schedule",
+                  "sad_step": "sad_step", "sad_share": "sad_share",
+                  "num_candidates": "sad_candidates"}
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -46,21 +66,96 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--num_diffusion_steps", default=None, help="respaced head steps, e.g. 100")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--show_candidates", action="store_true")
+  p.add_argument("--strict", action="store_true",
+                 help="words outside the vocabulary are an error (default: a warning)")
   p.add_argument("--out", required=True, help="output PNG (grid); singles are written beside it")
   return p.parse_args(argv)
 
 
 def read_prompts(args) -> list[str]:
-  prompts = [x for x in args.prompt]
+  """--prompt values (an empty one is an error) then the non-blank lines of --prompts_file."""
+  for i, x in enumerate(args.prompt):
+    if not x.strip():
+      raise SystemExit(f"--prompt={x!r} (prompt {i + 1}): empty prompt; give a caption "
+                       "(this CLI does not sample unconditionally)")
+  prompts = [x.strip() for x in args.prompt]
   if args.prompts_file:
-    if not os.path.exists(args.prompts_file):
+    if not os.path.isfile(args.prompts_file):
       raise SystemExit(f"--prompts_file={args.prompts_file}: no such file")
-    with open(args.prompts_file) as f:
-      prompts += [line.strip() for line in f if line.strip()]
-  prompts = [x for x in prompts if x.strip()]
+    try:
+      with open(args.prompts_file, encoding="utf-8") as f:
+        prompts += [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+      raise SystemExit(f"--prompts_file={args.prompts_file}: not UTF-8 text ({e})")
   if not prompts:
     raise SystemExit("no prompts: give --prompt=... (repeatable) or a non-empty --prompts_file")
   return prompts
+
+
+def check_out(out: str) -> None:
+  """--out is a file to create in an existing directory."""
+  if os.path.isdir(out):
+    raise SystemExit(f"--out={out}: is a directory; give a file path such as {out}/grid.png")
+  parent = os.path.dirname(os.path.abspath(out))
+  if not os.path.isdir(parent):
+    raise SystemExit(f"--out={out}: directory {parent} does not exist")
+  if not os.access(parent, os.W_OK):
+    raise SystemExit(f"--out={out}: directory {parent} is not writable")
+
+
+def check_sampling_flags(args, config, mode: str) -> None:
+  """The flags that override config.sampling, checked by the one config validation."""
+  from configs.validation import ConfigError, validate
+  c = config.copy_and_resolve_references()
+  c.unlock()
+  given = {f: getattr(args, f) for f in SAMPLING_FLAGS if getattr(args, f) is not None}
+  with c.ignore_type():
+    for flag, value in given.items():
+      c.sampling[SAMPLING_FLAGS[flag]] = value
+    if args.sad_step is not None:
+      c.sampling.sad_share = None          # --sad_step replaces the run's sad_share
+    if mode != "sad" and args.sad_share is None:
+      c.sampling.sad_share = 0.5           # no SAD step to check outside SAD
+  try:
+    validate(c)
+  except ConfigError as e:
+    flag = next((f for f, k in SAMPLING_FLAGS.items() if e.key == f"sampling.{k}"), None)
+    if flag is None:
+      raise SystemExit(f"the run's config is invalid: {e}")
+    if flag not in given and flag == "sad_step" and "num_steps" in given:
+      # The run's sad_step does not fit the --num_steps asked for.
+      raise SystemExit(f"--num_steps={args.num_steps}: leaves no room for the run's "
+                       f"sampling.sad_step={c.sampling.sad_step} (give --sad_step too): "
+                       f"{e.allowed}")
+    raise SystemExit(f"--{flag}={getattr(args, flag, e.value)!r}: {e.allowed}")
+
+
+def check_prompt_tokens(prompts, tokenizer, *, strict: bool) -> list[str]:
+  """Warnings (or, with strict, an error) about what the tokenizer does to each prompt."""
+  notes = []
+  vocab = set(getattr(tokenizer, "vocab", ()) or ())
+  ctx = int(tokenizer.context_length)
+  for i, p in enumerate(prompts):
+    where = f"prompt {i + 1} ({p[:40]!r}{'...' if len(p) > 40 else ''})"
+    if hasattr(tokenizer, "words") and vocab:
+      words = tokenizer.words(p)
+      unknown = sorted({w for w in words if w not in vocab})
+      if unknown:
+        msg = f"{where}: words outside the vocabulary, encoded as <unk>: {unknown}"
+        if strict:
+          raise SystemExit(f"--strict: {msg}")
+        notes.append(msg)
+      dropped = sorted({ch for ch in p.lower() if not ch.isascii()})
+      if dropped:
+        notes.append(f"{where}: characters the word tokenizer drops: {dropped}")
+      n = len(words)
+    else:
+      n = len(tokenizer.encode_text(p)) if hasattr(tokenizer, "encode_text") else 0
+    if n > ctx - 2:
+      notes.append(f"{where}: {n} tokens but the text context holds {ctx - 2}; the rest is cut")
+  for n in notes:
+    print(f"warning: {n}", file=sys.stderr)
+  return notes
 
 
 def resolve_mode(args) -> str:
@@ -94,9 +189,17 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
   (config, model, variables_ema, frozen)` defaults to the trainer's `load_for_inference`."""
   args = parse_args(argv)
   prompts = read_prompts(args)
+  check_out(args.out)
   mode = resolve_mode(args)
   if args.num_candidates is not None and args.num_candidates < 1:
     raise SystemExit(f"--num_candidates={args.num_candidates}: K must be >= 1")
+  if args.num_candidates is not None and args.num_candidates > MAX_CANDIDATES:
+    raise SystemExit(f"--num_candidates={args.num_candidates}: at most {MAX_CANDIDATES} "
+                     "candidates per prompt")
+  if mode == "plain" and (args.num_candidates is not None or args.sad_step is not None
+                          or args.sad_share is not None):
+    raise SystemExit("--mode=plain decodes one image per prompt: --num_candidates, "
+                     "--sad_step and --sad_share need --mode=sad or best_of_k")
   if args.show_candidates and mode != "sad":
     raise SystemExit("--show_candidates needs SAD (--mode=sad or --num_candidates/--sad_step)")
   check_workdir(args.workdir)
@@ -108,6 +211,9 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
 
   t0 = time.perf_counter()
   config, model, variables, frozen = (loader or default_loader)(args.workdir, args.step)
+  check_sampling_flags(args, config, mode)
+  from dream_jax.data import text_tokenizer
+  notes = check_prompt_tokens(prompts, text_tokenizer(config), strict=args.strict)
   from dream_jax.train.components import Components
   comp = Components(config)
   sampler = sampling.Sampler(model, config, comp.image_tokens, comp.conditioning, comp.tokenize,
@@ -142,7 +248,8 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
 
   paths = im.save_grid_and_singles(out["images"], args.out)
   summary = dict(mode=mode, prompts=prompts, out=paths[0], singles=paths[1:],
-                 seconds_load=round(t_load, 2), seconds_sample=round(t_sample, 2))
+                 seconds_load=round(t_load, 2), seconds_sample=round(t_sample, 2),
+                 warnings=notes)
   if "scores" in out:
     summary.update(scores=np.round(out["scores"], 4).tolist(),
                    winner=np.asarray(out["winner"]).tolist())

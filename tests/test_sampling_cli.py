@@ -44,7 +44,7 @@ def test_errors(tmp_path, workdir, loader):
   with pytest.raises(SystemExit, match="no checkpoint"):
     (tmp_path / "config.json").write_text("{}")
     cli.main([f"--workdir={tmp_path}", "--prompt=a", f"--out={out}"], loader=loader)
-  with pytest.raises(SystemExit, match="outside the decoding schedule"):
+  with pytest.raises(SystemExit, match=r"--sad_step=9: must be an integer in \[1, 3\]"):
     cli.main([f"--workdir={workdir}", "--prompt=a", "--sad_step=9", f"--out={out}"],
              loader=loader)
 
@@ -60,3 +60,70 @@ def test_sad_with_candidates_figure(tmp_path, workdir, loader):
   for p in [s["out"], *s["singles"], s["candidates_figure"]]:
     assert os.path.exists(p)
   assert np.asarray(Image.open(s["singles"][0])).shape == (32, 32, 3)
+
+
+class _NoSampling:
+  """Stands in for the Sampler: reaching it means the inputs were accepted."""
+
+  def __init__(self, *a, **kw):
+    raise RuntimeError("sampling started")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--prompt="], r"--prompt='' \(prompt 1\): empty prompt"),
+    (["--prompt=a", "--prompt=  "], r"--prompt='  ' \(prompt 2\): empty prompt"),
+    (["--num_steps=0"], r"--num_steps=0: must be an integer >= 1"),
+    (["--num_diffusion_steps=abc"], r"--num_diffusion_steps='abc': a respacing spec"),
+    (["--num_diffusion_steps=0"], r"--num_diffusion_steps='0': a respacing spec"),
+    (["--temperature=-1"], r"--temperature=-1.0: must be a number >= 0.0"),
+    (["--cfg=-5"], r"--cfg=-5.0: must be a number >= 0.0"),
+    (["--cfg_schedule=linear", "--mode=sad", "--sad_step=0"], r"--sad_step=0: must be an "
+     r"integer in \[1, 3\]"),
+    (["--mode=sad", "--num_steps=1"], r"--num_steps=1: must be >= 2 for SAD"),
+    (["--mode=sad", "--num_steps=2"], r"--num_steps=2: leaves no room for the run's "
+     r"sampling.sad_step=2 \(give --sad_step too\)"),
+    (["--num_candidates=1000"], r"--num_candidates=1000: at most 64"),
+    (["--mode=plain", "--num_candidates=3"], r"--mode=plain decodes one image per prompt"),
+    (["--sad_share=1.5"], r"--sad_share=1.5: must be a number in \(0.0, 1.0\)"),
+    (["--strict", "--prompt=a zebra on the moon"],
+     r"--strict: prompt 1 .*outside the vocabulary.*\['moon', 'zebra'\]"),
+])
+def test_bad_inputs_named_before_sampling(flags, message, tmp_path, workdir, loader,
+                                          monkeypatch):
+  from dream_jax import sampling
+  monkeypatch.setattr(sampling, "Sampler", _NoSampling)
+  prompt = [] if any(f.startswith("--prompt") for f in flags) else ["--prompt=a red circle"]
+  with pytest.raises(SystemExit, match=message):
+    cli.main([f"--workdir={workdir}", *prompt, *flags, f"--out={tmp_path / 'o.png'}"],
+             loader=loader)
+
+
+def test_out_paths_checked_first(tmp_path, workdir, loader):
+  with pytest.raises(SystemExit, match=r"--out=.*: is a directory"):
+    cli.main([f"--workdir={workdir}", "--prompt=a", f"--out={tmp_path}"], loader=loader)
+  with pytest.raises(SystemExit, match=r"--out=.*: directory .*missing does not exist"):
+    cli.main([f"--workdir={workdir}", "--prompt=a", f"--out={tmp_path / 'missing' / 'o.png'}"],
+             loader=loader)
+
+
+def test_non_numeric_flag_names_the_flag(tmp_path, workdir, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main([f"--workdir={workdir}", "--prompt=a", "--num_steps=ten", f"--out={tmp_path}/o"])
+  assert e.value.code == 2
+  assert "argument --num_steps: invalid int value: 'ten'" in capsys.readouterr().err
+
+
+def test_prompt_warnings_before_sampling(tmp_path, workdir, loader, monkeypatch, capsys):
+  """Unknown words, characters the word tokenizer drops and an over-long prompt are warned
+  about (then sampling starts: the stand-in Sampler raises)."""
+  from dream_jax import sampling
+  monkeypatch.setattr(sampling, "Sampler", _NoSampling)
+  long = " ".join(["red"] * 40)
+  with pytest.raises(RuntimeError, match="sampling started"):
+    cli.main([f"--workdir={workdir}", "--prompt=a zebra circle", "--prompt=un cercle rouge é",
+              f"--prompt={long}", f"--out={tmp_path / 'o.png'}"], loader=loader)
+  err = capsys.readouterr().err
+  assert "prompt 1 ('a zebra circle'): words outside the vocabulary, encoded as <unk>: " \
+         "['zebra']" in err
+  assert "characters the word tokenizer drops: ['é']" in err
+  assert "prompt 3" in err and "40 tokens but the text context holds" in err

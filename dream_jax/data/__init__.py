@@ -166,7 +166,7 @@ def make_dataset(config, split: str, *, process_index: int | None = None,
 
   def to_example(rec: dict[str, Any]) -> dict[str, Any]:
     out = {}
-    for k, v in rec.items():
+    for k, v in rec.items():   # '_skipped' passes through (counted by the iterator)
       if k == "caption":
         continue
       out[k] = to_unit_range(v) if k == "image" else v
@@ -178,7 +178,8 @@ def make_dataset(config, split: str, *, process_index: int | None = None,
   ds = build_pipeline(src, split=split, local_batch=local_batch, eval_size=config.data.eval_size,
                       seed=seed, process_index=pi, process_count=pc,
                       num_threads=config.data.num_workers, random_flip=config.data.random_flip,
-                      to_example=to_example, info=info)
+                      to_example=to_example, info=info,
+                      max_bad_fraction=float(config.data.max_bad_fraction))
   if split == "train":
     ds.info["steps_per_epoch"] = max(1, ds.num_examples // local_batch)
   return ds

@@ -212,8 +212,9 @@ def build_cache(config, out: str, *, split: str = "train", num_shards: int = 0,
       count += len(images)
     writer.close()
     os.replace(tmp, path)
-    with open(path + ".done", "w") as f:
+    with open(path + ".done.tmp", "w") as f:     # the marker appears whole or not at all
       json.dump(dict(records=count, skips=counter.counts(), time=time.time()), f)
+    os.replace(path + ".done.tmp", path + ".done")
     if bar is not None:
       bar.update(hi - lo - count)
     summary["written"] += 1

@@ -4,7 +4,9 @@
         [--config.data.name=wds --config.data.path='/data/cc3m/{00000..00331}.tar'] \\
         [--num_batches=20] [--split=train] [--process_index=0 --process_count=1]
 
-Output: {"split", "source", "batches", "examples", "skipped": {reason: n}, "examples_per_s",
+Output: {"split", "source", "batches", "examples", "skipped": {reason: n} (the same counts
+as the trainer's metrics 'data_skipped/*': records skipped behind the batches read, plus
+index-time counts such as records lost in truncated shards), "examples_per_s",
 "first_batch_s", "keys": {key: [shape, dtype]}}; examples/s excludes the first batch (index
 building, thread start-up).
 """
@@ -34,8 +36,10 @@ def inspect_pipeline(config, *, split: str = "train", num_batches: int = 20,
   first = next(it)
   t1 = time.perf_counter()
   examples, batches = len(next(iter(first.values()))), 1
-  for batch in it:
-    if batches >= num_batches:
+  while batches < num_batches:   # never read past the batches reported (counts match)
+    try:
+      batch = next(it)
+    except StopIteration:        # an eval pass ends
       break
     examples += len(next(iter(batch.values())))
     batches += 1
@@ -55,5 +59,16 @@ def main(argv):
                                     process_count=f.process_count)))
 
 
+def _help_exits_zero(argv) -> None:
+  """absl's --help exits with status 1; asking for help is not an error here."""
+  import sys
+  if any(a in ("--help", "-h", "-?", "--helpshort") for a in argv[1:]):
+    print(__doc__)
+    print(flags.FLAGS.main_module_help())
+    sys.exit(0)
+
+
 if __name__ == "__main__":
+  import sys
+  _help_exits_zero(sys.argv)
   app.run(main)

@@ -34,12 +34,25 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import numpy as np
 
 MAX_CONSECUTIVE_SKIPS = 1000   # more bad records in a row than this means the source is broken
+# data.max_bad_fraction is checked once this many records were read (a few bad records at
+# the start of a stream say little about the source).
+MIN_RECORDS_FOR_BAD_FRACTION = 100
+# Every reason a record can be skipped for (the counters of metrics.jsonl 'data_skipped/*').
+REASONS = ("truncated", "undecodable", "empty_image", "too_large", "bad_mode", "missing_image",
+           "missing_caption", "empty_caption", "bad_caption_encoding", "bad_json",
+           "read_error", "unreadable_record")
+
+
+class TooManyBadRecords(RuntimeError):
+  """More than data.max_bad_fraction of the records read could not be used."""
 
 
 class SkipRecord(Exception):
   """Raised by `RecordSource.load` for an unusable record; `reason` names the counter."""
 
   def __init__(self, reason: str, detail: str = ""):
+    if reason not in REASONS:
+      raise ValueError(f"SkipRecord reason {reason!r} is not one of {REASONS}")
     super().__init__(f"{reason}: {detail}" if detail else reason)
     self.reason = reason
 
@@ -149,6 +162,10 @@ def decode_image(data: bytes, image_size: int):
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       img = Image.open(io.BytesIO(data))
+      limit = Image.MAX_IMAGE_PIXELS
+      if limit and img.size[0] * img.size[1] > limit:   # checked before decoding anything
+        raise SkipRecord("too_large", f"{img.size[0]}x{img.size[1]} > {limit} pixels "
+                         "(PIL.Image.MAX_IMAGE_PIXELS)")
       img.load()   # forces a full decode, so truncated files fail here
   except UnidentifiedImageError as e:
     raise SkipRecord("undecodable", str(e)) from e
@@ -175,8 +192,14 @@ def clean_caption(caption) -> str:
   if caption is None:
     raise SkipRecord("missing_caption")
   if isinstance(caption, bytes):
-    caption = caption.decode("utf-8", errors="replace")
-  caption = " ".join(str(caption).split())
+    try:
+      caption = caption.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise SkipRecord("bad_caption_encoding", str(e)) from e
+  caption = str(caption)
+  if any("\udc80" <= ch <= "\udcff" for ch in caption):   # surrogate-escaped bad bytes
+    raise SkipRecord("bad_caption_encoding", "caption is not valid UTF-8")
+  caption = " ".join(caption.split())
   if not caption:
     raise SkipRecord("empty_caption")
   return caption
@@ -220,15 +243,74 @@ class CaptionTokens:
 
 # ----------------------------------------------------------------------------- pipeline
 def load_with_fallback(source, i: int, flip: bool, counter: SkipCounter) -> dict[str, Any]:
-  """`source.load(i)`, or the next loadable record after i (wrapping), counting skips."""
+  """`source.load(i)`, or the next loadable record after i (wrapping); the record carries
+  `_skipped` [len(REASONS)] int32: the records skipped to produce it, by reason (counted by
+  the consumer, `CountingIterator`, so read-ahead threads never inflate the counts)."""
   n = len(source)
+  skipped = np.zeros(len(REASONS), np.int32)
   for j in range(min(n, MAX_CONSECUTIVE_SKIPS)):
     try:
-      return source.load((i + j) % n, flip)
+      rec = source.load((i + j) % n, flip)
+      rec["_skipped"] = skipped
+      return rec
     except SkipRecord as e:
       counter.add(e.reason)
-  raise RuntimeError(f"{min(n, MAX_CONSECUTIVE_SKIPS)} consecutive records could not be "
-                     f"used (skip counts so far: {counter.counts()}); is the source broken?")
+      skipped[REASONS.index(e.reason)] += 1
+  raise TooManyBadRecords(
+      f"{min(n, MAX_CONSECUTIVE_SKIPS)} consecutive records could not be used (skip counts "
+      f"so far: {counter.counts()}); is the source broken?")
+
+
+class CountingIterator:
+  """A grain iterator of batches whose `_skipped` field is summed into exact counts of the
+  records consumed (not read ahead), kept in the iterator state across checkpoints.
+
+  State (JSON): {'grain': grain's state, 'skipped': {reason: n}, 'records': n} where records
+  = usable + skipped records behind the consumed batches. Raises TooManyBadRecords when more
+  than `max_bad_fraction` of them were bad (after MIN_RECORDS_FOR_BAD_FRACTION records).
+  """
+
+  def __init__(self, it, *, max_bad_fraction: float, base_counts: Mapping | None = None):
+    self._it = it
+    self.max_bad_fraction = max_bad_fraction
+    self.base = dict(base_counts or {})   # index-time counts (e.g. lost in truncated shards)
+    self.counts: dict[str, int] = {}
+    self.records = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = dict(next(self._it))
+    skipped = np.asarray(batch.pop("_skipped")).reshape(-1, len(REASONS)).sum(0)
+    for r, n in zip(REASONS, skipped):
+      if n:
+        self.counts[r] = self.counts.get(r, 0) + int(n)
+    self.records += int(len(next(iter(batch.values())))) + int(skipped.sum())
+    bad = sum(self.counts.values())
+    if self.records >= MIN_RECORDS_FOR_BAD_FRACTION and bad > self.max_bad_fraction * self.records:
+      raise TooManyBadRecords(
+          f"data: {bad} of the {self.records} records read could not be used "
+          f"({100 * bad / self.records:.1f}% > data.max_bad_fraction="
+          f"{self.max_bad_fraction:g}); by reason: {self.skip_counts()}")
+    return batch
+
+  def skip_counts(self) -> dict[str, int]:
+    out = dict(self.base)
+    for k, v in self.counts.items():
+      out[k] = out.get(k, 0) + v
+    return out
+
+  def get_state(self) -> dict:
+    return dict(grain=self._it.get_state(), skipped=dict(self.counts), records=self.records)
+
+  def set_state(self, state: Mapping) -> None:
+    state = dict(state)
+    if "grain" not in state:        # a checkpoint from before the counts were kept
+      state = dict(grain=state, skipped={}, records=0)
+    self._it.set_state(dict(state["grain"]))
+    self.counts = {k: int(v) for k, v in dict(state["skipped"]).items()}
+    self.records = int(state["records"])
 
 
 class DataSource:
@@ -241,29 +323,40 @@ class DataSource:
   `skip_counts()`: records skipped on this host so far, by reason (sum over hosts to log).
   """
 
-  def __init__(self, dataset, *, num_examples: int, info: dict, counter: SkipCounter):
+  def __init__(self, dataset, *, num_examples: int, info: dict, counter: SkipCounter,
+               max_bad_fraction: float = 1.0, index_counts: Mapping | None = None):
     self._dataset = dataset
     self.num_examples = num_examples
     self.info = info
     self._counter = counter
+    self.max_bad_fraction = max_bad_fraction
+    self.index_counts = dict(index_counts or {})
+    self._last: CountingIterator | None = None
 
-  def iterator(self, start_state: Mapping | None = None):
-    it = iter(self._dataset)
+  def iterator(self, start_state: Mapping | None = None) -> CountingIterator:
+    it = CountingIterator(iter(self._dataset), max_bad_fraction=self.max_bad_fraction,
+                          base_counts=self.index_counts)
     if start_state is not None:
-      it.set_state(dict(start_state))
+      it.set_state(start_state)
+    self._last = it
     return it
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self.iterator()
 
   def skip_counts(self) -> dict[str, int]:
-    return self._counter.counts()
+    """Records skipped behind the batches consumed from the latest `iterator()` (exact,
+    restored with its state), plus the source's index-time counts (`index_counts`: records
+    known lost in truncated shards, keys without an image, ...)."""
+    if self._last is None:
+      return dict(self.index_counts)
+    return self._last.skip_counts()
 
 
 def build_pipeline(source, *, split: str, local_batch: int, eval_size: int, seed: int,
                    process_index: int, process_count: int, num_threads: int,
                    random_flip: bool, to_example: Callable[[dict], dict],
-                   info: dict) -> DataSource:
+                   info: dict, max_bad_fraction: float = 1.0) -> DataSource:
   """Wires a RecordSource into the grain train or eval stream described in the module doc.
 
   `to_example(record) -> dict of numpy arrays` finishes one record (normalise, tokenize).
@@ -273,6 +366,8 @@ def build_pipeline(source, *, split: str, local_batch: int, eval_size: int, seed
   import grain
 
   counter = SkipCounter()
+  index_counts = dict(getattr(source, "index_skips", lambda: {})())
+  extra = dict(max_bad_fraction=max_bad_fraction, index_counts=index_counts)
   read = grain.ReadOptions(num_threads=max(1, num_threads),
                            prefetch_buffer_size=max(2 * local_batch, 16))
   if split == "train":
@@ -289,7 +384,7 @@ def build_pipeline(source, *, split: str, local_batch: int, eval_size: int, seed
           .map_with_index(element))
     it_ds = ds.to_iter_dataset(read).batch(local_batch, drop_remainder=True)
     return DataSource(it_ds, num_examples=n, info=dict(info, local_batch=local_batch),
-                      counter=counter)
+                      counter=counter, **extra)
 
   total = min(eval_size, len(source))
   if total == 0:
@@ -303,6 +398,8 @@ def build_pipeline(source, *, split: str, local_batch: int, eval_size: int, seed
     valid = g < total
     ex = to_example(load_with_fallback(source, g if valid else 0, False, counter))
     ex["valid"] = np.asarray(valid)
+    if not valid:   # padding repeats record 0: its skips were counted in its own slot
+      ex["_skipped"] = np.zeros(len(REASONS), np.int32)
     return ex
 
   ds = grain.MapDataset.range(slots).map(eval_element)
@@ -310,4 +407,4 @@ def build_pipeline(source, *, split: str, local_batch: int, eval_size: int, seed
   valid_here = len(range(process_index, total, process_count))
   return DataSource(it_ds, num_examples=valid_here,
                     info=dict(info, local_batch=batch, num_batches=slots // batch),
-                    counter=counter)
+                    counter=counter, **extra)

@@ -6,6 +6,7 @@ mode conversion and the ADM/MAR centre crop are shared (`pipeline.decode_image`)
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import csv
 import io
@@ -240,7 +241,8 @@ def index_tar(url: str) -> tuple[list[dict], int]:
   """Scans one tar's headers -> ([{ext: (offset, size)} per key, in order], truncated 0/1).
 
   Only headers are read (tarfile seeks over member data), so indexing is cheap locally;
-  a truncated tar keeps the members fully indexed before the damage.
+  a truncated tar keeps the members fully indexed before the damage (a member cut inside
+  its data is indexed with its full size and skipped as 'truncated' when read).
   """
   import fsspec
 
@@ -256,7 +258,23 @@ def index_tar(url: str) -> tuple[list[dict], int]:
           records.setdefault(key, {})[ext] = (m.offset_data, m.size)
     except (tarfile.TarError, EOFError, OSError):
       truncated = 1
+    if not truncated:   # a cut at a member boundary reads as a clean end: check the size
+      size = f.seek(0, os.SEEK_END)
+      end = max((o + n for r in records.values() for o, n in r.values()), default=0)
+      truncated = int(end > size)
   return list(records.values()), truncated
+
+
+def shard_stats_count(url: str) -> int | None:
+  """Records img2dataset wrote into the shard (`<shard>_stats.json` 'successes'), if known."""
+  import fsspec
+
+  stats = re.sub(r"\.tar$", "", url) + "_stats.json"
+  try:
+    with fsspec.open(stats, "rb") as f:
+      return int(json.load(f)["successes"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
 
 
 class WdsSource:
@@ -278,6 +296,7 @@ class WdsSource:
     self._lock = threading.Lock()
     self._local = threading.local()
     self.truncated_shards = 0
+    self._index_skips: dict[str, int] = {}
 
   def for_host(self, process_index: int, process_count: int):
     if len(self.shards) >= process_count:
@@ -292,12 +311,29 @@ class WdsSource:
       if self._records is None:
         with concurrent.futures.ThreadPoolExecutor(self._index_threads) as pool:
           results = list(pool.map(index_tar, self.shards))
-        recs = []
+        recs, counts = [], collections.Counter()
         for s, (members, truncated) in enumerate(results):
           self.truncated_shards += truncated
-          recs.extend((s, m) for m in members if any(e in m for e in IMAGE_EXTS))
+          images = [m for m in members if any(e in m for e in IMAGE_EXTS)]
+          recs.extend((s, m) for m in images)
+          counts["missing_image"] += len(members) - len(images)   # caption without image
+          if truncated:
+            # Records after the cut left no header: known only from img2dataset's stats.
+            expected = shard_stats_count(self.shards[s])
+            if expected is not None:
+              counts["lost_in_truncated_shard"] += max(0, expected - len(members))
+            counts["truncated_shards"] += 1
+        self._index_skips = {k: v for k, v in counts.items() if v}
         self._records = recs
       return self._records
+
+  def index_skips(self) -> dict[str, int]:
+    """Index-time counts (once per source, not per epoch): keys with no image member
+    ('missing_image'), truncated shards ('truncated_shards') and the records lost after the
+    cut ('lost_in_truncated_shard', when the shard's img2dataset `_stats.json` says how many
+    it held)."""
+    _ = self.records
+    return dict(self._index_skips)
 
   def __len__(self) -> int:
     return len(self.records)
@@ -318,7 +354,7 @@ class WdsSource:
     shard, members = self.records[i]
     try:
       if "txt" in members:
-        caption = self._read(shard, *members["txt"]).decode("utf-8", errors="replace")
+        caption = self._read(shard, *members["txt"])     # bytes: clean_caption decodes
       elif "json" in members:
         try:
           meta = json.loads(self._read(shard, *members["json"]))
@@ -344,23 +380,36 @@ def read_captions_file(path: str, caption_key: str = "caption") -> list[tuple[st
   caption_key|caption|text) or JSONL (same keys) -> [(relative file, caption)]."""
   from etils import epath
 
-  text = epath.Path(path).read_text()
+  # Bytes that are not UTF-8 stay as surrogate escapes: the row's caption is then skipped
+  # as 'bad_caption_encoding' (clean_caption), not the whole file.
+  text = epath.Path(path).read_bytes().decode("utf-8", errors="surrogateescape")
   files = ("file", "filename", "image", "path", "file_name")
   caps = (caption_key, "caption", "text")
   rows: list[dict] = []
   if path.endswith(".jsonl") or path.endswith(".json"):
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(text.splitlines()):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError:
+        row = None
+      rows.append(row if isinstance(row, dict) else None)   # None: skipped as 'bad_json'
+
   else:
     delim = "\t" if path.endswith(".tsv") else ","
     rows = list(csv.DictReader(io.StringIO(text), delimiter=delim))
-  if not rows:
-    return []
-  fk = next((k for k in files if k in rows[0]), None)
-  ck = next((k for k in caps if k in rows[0]), None)
+  first = next((r for r in rows if r is not None), None)
+  if first is None:
+    return [(None, None)] * len(rows)
+  fk = next((k for k in files if k in first), None)
+  ck = next((k for k in caps if k in first), None)
   if fk is None or ck is None:
     raise ValueError(f"{path}: need a file column ({'|'.join(files)}) and a caption column "
-                     f"({'|'.join(caps)}), got {sorted(rows[0])}")
-  return [(str(r[fk]), r.get(ck)) for r in rows]
+                     f"({'|'.join(caps)}), got {sorted(first)}")
+  return [(None, None) if r is None else
+          (None if r.get(fk) is None else str(r[fk]), r.get(ck)) for r in rows]
 
 
 class FolderSource:
@@ -382,16 +431,35 @@ class FolderSource:
                                 "config.data.captions_file")
     self.root, self.image_size = root, image_size
     self.items = read_captions_file(captions_file, caption_key)
+    self._index_skips = None
+
+  def index_skips(self) -> dict[str, int]:
+    """Images in the folder (top level) that no row of the captions file names
+    ('missing_caption', counted once)."""
+    if self._index_skips is None:
+      named = {os.path.normpath(r) for r, _ in self.items if r is not None}
+      try:
+        found = [p.name for p in self.root.iterdir()
+                 if p.name.rpartition(".")[2].lower() in IMAGE_EXTS]
+      except OSError:
+        found = []
+      n = sum(1 for f in found if f not in named)
+      self._index_skips = {"missing_caption": n} if n else {}
+    return dict(self._index_skips)
 
   def __len__(self) -> int:
     return len(self.items)
 
   def load(self, i: int, flip: bool) -> dict[str, Any]:
     rel, caption = self.items[i]
+    if rel is None and caption is None:
+      raise SkipRecord("bad_json", f"row {i} of the captions file is not a JSON object")
+    if rel is None:
+      raise SkipRecord("missing_image", f"row {i} names no file")
     caption = clean_caption(caption)
     try:
       data = (self.root / rel).read_bytes()
-    except (OSError, FileNotFoundError) as e:
+    except (OSError, FileNotFoundError, UnicodeEncodeError) as e:
       raise SkipRecord("missing_image", str(e)) from e
     img = decode_image(data, self.image_size)
     return dict(image=pil_to_uint8(img, flip), caption=caption)

@@ -12,6 +12,11 @@ Frozen parameters (VAE / T5) are not checkpointed: they come from their files.
 Retention: the last `ckpt.keep` plus every multiple of `ckpt.permanent_every` (orbax
 `max_to_keep` + `keep_period`). Saves are asynchronous; `wait()` before exiting.
 A checkpoint whose manifest does not match the config is refused with the mismatching names.
+A save that fails (disk full, permissions, ...) raises `CheckpointSaveError` naming the step
+and the last complete checkpoint, once (orbax's per-array error logs are filtered): at the
+save itself, or at the first `check_saves()` after the background write failed (the
+trainer polls every step, so it stops within the write's duration) and at the latest at
+the next save or `wait()`.
 """
 from __future__ import annotations
 
@@ -23,6 +28,49 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 FORMAT_VERSION = 1
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written; the previous complete checkpoint is untouched."""
+
+
+class _SaveErrorLogFilter:
+  """A failed orbax save logs a traceback per array it could not write (hundreds: orbax's
+  thread errors, asyncio's 'Task exception was never retrieved'). CheckpointSaveError
+  reports the failure once; this filter drops those records and counts them."""
+
+  def __init__(self):
+    self.dropped = 0
+
+  def filter(self, record) -> bool:
+    import logging
+    if record.levelno < logging.ERROR:
+      return True
+    text = record.getMessage()
+    from_orbax = "/orbax/" in (record.pathname or "") or "orbax" in text
+    if from_orbax or "Task exception was never retrieved" in text:
+      self.dropped += 1
+      return False
+    return True
+
+
+_LOG_FILTER = _SaveErrorLogFilter()
+
+
+def _install_log_filter() -> None:
+  import logging
+  for name in ("absl", "asyncio"):
+    logger = logging.getLogger(name)
+    if _LOG_FILTER not in logger.filters:
+      logger.addFilter(_LOG_FILTER)
+
+
+def _describe(e: Exception) -> str:
+  """One line: the exception type and the end of its first line (where the cause is)."""
+  line = (str(e).splitlines() or [""])[0]
+  if len(line) > 240:
+    line = "..." + line[-240:]
+  return f"{type(e).__name__}: {line}"
 ITEMS = ("state", "ema", "data_iter", "meta")
 
 
@@ -103,6 +151,9 @@ class Checkpointer:
                     data_iter=ocp.JsonCheckpointHandler(),
                     meta=ocp.JsonCheckpointHandler(filename="meta.json"))
     self.manager = ocp.CheckpointManager(self.directory, options=opts, item_handlers=handlers)
+    self._pending: Optional[int] = None   # step of the save in flight (or not yet checked)
+    if not read_only:
+      _install_log_filter()
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -115,10 +166,40 @@ class Checkpointer:
     meta = dict(format_version=FORMAT_VERSION, step=int(step),
                 manifest=dict(manifest(core, "state/"), **manifest(ema, "ema/")),
                 **(extra_meta or {}))
-    self.manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(core), ema=ocp.args.StandardSave(ema),
-        data_iter=ocp.args.JsonSave(data_state if data_state is not None else {}),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    self.check_saves(block=True)   # the previous save's error belongs to its own step
+    try:
+      self.manager.save(int(step), args=ocp.args.Composite(
+          state=ocp.args.StandardSave(core), ema=ocp.args.StandardSave(ema),
+          data_iter=ocp.args.JsonSave(data_state if data_state is not None else {}),
+          meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:   # noqa: BLE001  any failure of the write is fatal, named once
+      raise self._save_error(int(step), e) from e
+    self._pending = int(step)
+
+  def check_saves(self, block: bool = False) -> None:
+    """Raises CheckpointSaveError when the last save failed; block=True waits for it."""
+    if self._pending is None:
+      return
+    if not block and self.manager.is_saving_in_progress():
+      return
+    step, self._pending = self._pending, None
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:   # noqa: BLE001
+      raise self._save_error(step, e) from e
+
+  def _save_error(self, step: int, e: Exception) -> CheckpointSaveError:
+    try:
+      self.manager.reload()
+      good = [s for s in self.manager.all_steps() if s != step]
+    except Exception:   # noqa: BLE001  the listing itself may fail on a broken disk
+      good = []
+    last = (f"step {max(good)}" if good else "none (no checkpoint was completed)")
+    cause = _describe(e)
+    return CheckpointSaveError(
+        f"saving checkpoint step {step} in {self.directory} failed ({cause}); stopping. "
+        f"The last complete checkpoint is {last}; a rerun resumes from it.")
 
   def read_meta(self, step: int) -> dict:
     out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -173,8 +254,9 @@ class Checkpointer:
     return out["state"]["params"], out["ema"]["batch_stats"]
 
   def wait(self):
+    self.check_saves(block=True)
     self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()

@@ -27,15 +27,22 @@ def _scalar(v):
 
 
 class MetricWriter:
-  """`write(step, scalars)` appends one JSON line {'step': s, **scalars}; TensorBoard mirror."""
+  """`write(step, scalars)` appends one JSON line {'step': s, **scalars}; TensorBoard mirror.
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  `keep_upto`: the step the run resumes from (-1: a fresh run). Rows of later steps (written
+  by a run killed before its next checkpoint, which the resumed run writes again) and a
+  partial last line are dropped first (atomic rewrite), so no step has duplicate rows.
+  """
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True, keep_upto: int | None = None):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    if keep_upto is not None:
+      truncate_after(workdir, keep_upto)
     self._file = open(self.path, "a")
     if tensorboard:
       try:
@@ -65,11 +72,41 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
+  """Every complete row of W/metrics.jsonl (a partial last line of a killed run is skipped)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
+  rows = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:
+        continue
+  return rows
+
+
+def truncate_after(workdir: str, step: int) -> int:
+  """Keeps the rows with row['step'] <= step (atomically); returns how many were dropped."""
+  from dream_jax.train.workdir import atomic_write_text
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if int(row.get("step", -1)) <= step:
+      keep.append(json.dumps(row) + "\n")
+  if len(keep) != len(lines):
+    atomic_write_text(path, "".join(keep))
+    logging.info("metrics.jsonl: dropped %d rows after step %d (replayed by this run)",
+                 len(lines) - len(keep), step)
+  return len(lines) - len(keep)
 
 
 class Progress:
