@@ -120,7 +120,6 @@ class Trainer:
                                  permanent_every=c.permanent_every)
     from dream_jax.data import make_dataset
     train_data = make_dataset(config, "train")
-    eval_data = make_dataset(config, "eval") if len(config.evals) else None
 
     latest = ckpt.latest_step()
     data_state = None
@@ -135,21 +134,23 @@ class Trainer:
     it = train_data.iterator(data_state or None)
 
     predict_fns = make_predict_fns(self.components, self.frozen, self.mesh)
-    evaluators = self._evaluators(workdir)
+    evaluators = self._evaluators(workdir, predict_fns)
     total = int(config.total_steps)
     progress = metrics_lib.Progress(total, config.batch_size, first_step)
     last_row = {}
 
     def run_evals(step, final):
+      from dream_jax.evaluators import FeatureCache
       rows = {}
       variables = ckpt_lib.ema_variables(state)
+      cache = FeatureCache()   # features shared by this step's evaluators only
       for name, (ev, every, at_start) in evaluators.items():
         due = (step == 0 and at_start) or final or (every and step % every == 0)
         if not due:
           continue
         t0 = time.perf_counter()
         with jax.set_mesh(self.mesh):
-          res = ev.run(predict_fns, eval_data, variables, step=step)
+          res = ev.run(variables, step=step, cache=cache)
         rows.update({f"{name}/{k}": v for k, v in res.items()})
         rows[f"{name}/seconds"] = time.perf_counter() - t0
       if rows:
@@ -234,14 +235,12 @@ class Trainer:
                           f"good checkpoint is step {good} in {ckpt.directory} (the "
                           f"non-finite state was not written).")
 
-  def _evaluators(self, workdir):
-    from dream_jax.evaluators import get_evaluator
-    out = {}
-    for name, ec in self.config.evals.items():
-      cls = get_evaluator(ec.kind)
-      out[name] = (cls(ec, config=self.config, workdir=workdir), int(ec.get("every", 0) or 0),
-                   bool(ec.get("at_start", True)))
-    return out
+  def _evaluators(self, workdir, predict_fns):
+    """name -> (evaluator, every, at_start) for `config.evals` (configs/evaluators.py)."""
+    from dream_jax.evaluators import EvalContext, build_evaluator
+    context = EvalContext(self.config, workdir)
+    return {name: (build_evaluator(ec, predict_fns, context), int(ec.every), bool(ec.at_start))
+            for name, ec in self.config.evals.items()}
 
 
 def train(config, workdir: str, *, devices=None) -> dict:
