@@ -107,10 +107,9 @@ def get_config(arg=None):
 def add_full_suite(c) -> None:
   """Representation and generation evaluators on the shapes data and MNIST-5k (CPU, ~2 min)."""
   shapes = lambda label, **kw: ev.shapes_data(label, train_size=1024, test_size=512, **kw)
-  # LARS on ~1-5k cached features: batch 256, 30 epochs; base_lr 100 stands in for MAE's
-  # ~7k steps (configs/evaluators.py:linear_probe).
-  probe = lambda data: ev.linear_probe(data=data, epochs=30, warmup_epochs=3, batch_size=256,
-                                       base_lr=100.0)
+  # LARS on ~1-5k cached features: MAE's 90 epochs (10 warm-up) at batch 256; base_lr 100
+  # stands in for MAE's ~7k steps at lr 6.4 (configs/evaluators.py:linear_probe).
+  probe = lambda data: ev.linear_probe(data=data, batch_size=256, base_lr=100.0)
   c.evals.probe_color = probe(shapes("color"))
   c.evals.probe_shape = probe(shapes("shape"))
   c.evals.probe_cell = probe(shapes("cell"))
