@@ -56,6 +56,9 @@ def inception_score(logits: np.ndarray, splits: int = 10, seed: int = 2020) -> t
   return float(np.mean(scores)), float(np.std(scores))
 
 
+PIXEL_FEATURES_VERSION = 2   # bump when pixel_features changes (names cached statistics)
+
+
 def pixel_features(images: np.ndarray) -> np.ndarray:
   """PROXY features of uint8 images [N, H, W, 3] -> [N, 120] float32 (no network, nothing to
   download). Three groups, each a property generated images can get wrong:

@@ -51,11 +51,13 @@ def reference_source(run_config):
   return src
 
 
-def reference_key(run_config, features: str, n: int) -> str:
+def reference_key(run_config, features: str, version: str, n: int) -> str:
+  """File stem naming the reference set (data, resolution), feature network and n."""
   d = run_config.data
   ident = dict(name=d.name, path=d.path, eval_path=d.eval_path, tfds=d.tfds_name,
                split=d.eval_split, seed=run_config.seed, size=d.image_size,
-               max_objects=d.max_objects, two=d.two_object_prob, features=features, n=n)
+               max_objects=d.max_objects, two=d.two_object_prob, features=features,
+               version=version, n=n)
   h = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
   return f"{d.name}_{d.image_size}px_{features}_{n}_{h}"
 
@@ -68,10 +70,14 @@ class FeatureNet:
     self.is_fid = bool(inception_weights)
     if self.is_fid:
       self.name, variables = "inception", inception.load_variables(inception_weights)
+      # Cache identity of the weights file: its name and size.
+      self.version = f"{os.path.basename(inception_weights)}:{os.path.getsize(inception_weights)}"
     elif proxy_features == "pixels":
       self.name, variables = "pixels", None
+      self.version = f"pixels_v{frechet.PIXEL_FEATURES_VERSION}"
     elif proxy_features == "inception_random":
       self.name, variables = "inception_random", inception.random_variables(0)
+      self.version = "seed0"
     else:
       raise ValueError("fid.proxy_features must be 'pixels' or 'inception_random', got "
                        f"{proxy_features!r}")
@@ -107,7 +113,8 @@ class Evaluator:
 
   def _reference_stats_path(self) -> str:
     return os.path.join(self.stats_dir,
-                        reference_key(self.context.run_config, self.net.name, self.n) + ".npz")
+                        reference_key(self.context.run_config, self.net.name,
+                                      self.net.version, self.n) + ".npz")
 
   def run(self, variables, *, step=None, cache=None) -> dict:
     del step, cache
