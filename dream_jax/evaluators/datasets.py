@@ -19,15 +19,15 @@ import os
 
 import numpy as np
 
-from dream_jax.data import embedded
+from dream_jax.data import shapes
 from dream_jax.data.pipeline import decode_image, pil_to_uint8, to_unit_range
 
 # Shapes index streams for evaluator data: disjoint from training ([0, size)) and from the
 # run's held-out eval split (HELDOUT_OFFSET + [0, eval_size)).
-_SHAPES_BASE = embedded.HELDOUT_OFFSET + (1 << 32)
+_SHAPES_BASE = shapes.HELDOUT_OFFSET + (1 << 32)
 _SPLIT_OFFSET = {"train": 0, "test": 1 << 30}
-SHAPES_LABELS = dict(color=embedded.COLORS, shape=embedded.SHAPES, cell=embedded.CELLS,
-                     size=embedded.SIZES)
+SHAPES_LABELS = dict(color=shapes.COLORS, shape=shapes.SHAPES, cell=shapes.CELLS,
+                     size=shapes.SIZES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _load(key: str, image_size: int, split: str, max_objects: int, two_prob: flo
 def _shapes(spec, image_size, split, n, max_objects, two_prob) -> Split:
   """Class labels ('color', 'shape', 'cell', 'size') use ONE-object images (a two-object
   image has two colours); 'none' (retrieval), 'segmentation' and 'depth' use the run's
-  object counts. Dense targets come from `embedded.make_example_maps`."""
+  object counts. Dense targets come from `shapes.make_example_maps`."""
   label = spec["label"]
   if n <= 0:
     raise ValueError(f"data.{split}_size must be > 0 for source='shapes'")
@@ -84,16 +84,16 @@ def _shapes(spec, image_size, split, n, max_objects, two_prob) -> Split:
   images, labels, caps = [], [], []
   for i in range(n):
     if label in ("segmentation", "depth"):
-      ex = embedded.make_example_maps(0, base + i, image_size, max_objects=mo,
+      ex = shapes.make_example_maps(0, base + i, image_size, max_objects=mo,
                                       two_object_prob=tp)
       labels.append(ex[label])
     else:
-      ex = embedded.make_example(0, base + i, image_size, max_objects=mo, two_object_prob=tp)
+      ex = shapes.make_example(0, base + i, image_size, max_objects=mo, two_object_prob=tp)
       if single:
         labels.append(int(ex[label][0]))
     images.append(ex["image"])
     caps.append(ex["caption"])
-  names = SHAPES_LABELS.get(label, ("background",) + embedded.SHAPES
+  names = SHAPES_LABELS.get(label, ("background",) + shapes.SHAPES
                             if label == "segmentation" else ())
   lab = None if label == "none" else np.asarray(
       labels, np.float32 if label == "depth" else np.int32)

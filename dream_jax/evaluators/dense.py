@@ -11,7 +11,7 @@ reshaped to the token grid [N, g, g, D] (g = sqrt(L)); with or without the final
                 to the token grid), predictions upsampled (bilinear) to pixels; RMSE on the
                 test pixels, beside the RMSE of predicting the train mean depth.
 Data: the shapes renderer's ground truth (`data=shapes_data('segmentation' | 'depth')`,
-embedded.make_example_maps) or an ADE20K / NYU-v2 TFDS entry when prepared locally.
+shapes.make_example_maps) or an ADE20K / NYU-v2 TFDS entry when prepared locally.
 Keys: configs/evaluators.py:segmentation / depth.
 """
 from __future__ import annotations
