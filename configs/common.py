@@ -306,6 +306,8 @@ def paper_evals() -> ConfigDict:
                     (set data.eval_path to the held-out shards and data.eval_size=50_000,
                     inception_weights to the converted FID Inception .npz), plus IS and the
                     internal CLIP score; SAD variant: a copy with pred='sample_sad'.
+    ade20k_seg / nyu_depth  dense linear probes on frozen patch tokens (mIoU / RMSE); TFDS
+                    scene_parse150 / nyu_depth_v2 prepared locally
   """
   evals = ConfigDict()
   evals.imagenet_probe = ev.linear_probe(every=0, at_start=False, data=ev.imagenet_data())
@@ -313,6 +315,9 @@ def paper_evals() -> ConfigDict:
                                       data=ev.imagenet_data(train_size=50_000,
                                                             test_size=10_000))
   evals.fid50k = ev.fid(every=0, at_start=False, num_samples=50_000, batch=256)
+  evals.ade20k_seg = ev.segmentation(every=0, at_start=False, data=ev.ade20k_data(),
+                                     num_classes=151, ignore_index=255)
+  evals.nyu_depth = ev.depth(every=0, at_start=False, data=ev.nyu_depth_data())
   return evals
 
 
@@ -323,10 +328,16 @@ def runlocal_evals(evals: ConfigDict) -> None:
     evals.imagenet_probe.update(data=ev.shapes_data("color", train_size=32, test_size=16),
                                 epochs=2, warmup_epochs=1, batch_size=16, feature_batch=8)
   if "imagenet_fewshot" in evals:
-    evals.imagenet_fewshot.update(data=ev.shapes_data("color", train_size=40, test_size=16),
+    evals.imagenet_fewshot.update(data=ev.shapes_data("color", train_size=96, test_size=32),
                                   episodes=4, queries=2, feature_batch=8)
   if "fid50k" in evals:
     evals.fid50k.update(num_samples=8, batch=8, feature_batch=8)
+  if "ade20k_seg" in evals:
+    evals.ade20k_seg.update(data=ev.shapes_data("segmentation", train_size=16, test_size=8),
+                            num_classes=0, steps=10, batch_size=8, feature_batch=8)
+  if "nyu_depth" in evals:
+    evals.nyu_depth.update(data=ev.shapes_data("depth", train_size=16, test_size=8),
+                           feature_batch=8)
 
 
 def set_model_size(c: ConfigDict, size: str) -> None:

@@ -19,6 +19,8 @@ Data entries (`data=`) name a labelled source the evaluator opens itself:
   path       folder root (train/ and test/ sub-folders, or one folder split by `test_frac`)
              or tfds data_dir
   name, train_split, test_split, image_key   tfds
+  target_key tfds dense targets (label 'segmentation' / 'depth'): the per-pixel feature
+             (image and target are resized to the run's image size without cropping)
   test_frac  folder without train/test sub-folders: share of each class held out
   seed       shapes: index stream (train and test are disjoint, never the training data)
 """
@@ -39,11 +41,11 @@ def _entry(kind: str, every: int, at_start: bool, **own) -> ConfigDict:
 def data_spec(source: str = "shapes", label: str = "color", *, train_size: int = 1024,
               test_size: int = 512, path: str = "", name: str = "",
               train_split: str = "train", test_split: str = "test", image_key: str = "image",
-              test_frac: float = 0.2, seed: int = 1) -> ConfigDict:
+              target_key: str = "", test_frac: float = 0.2, seed: int = 1) -> ConfigDict:
   return ConfigDict(dict(source=source, label=label, train_size=train_size,
                          test_size=test_size, path=path, name=name, train_split=train_split,
-                         test_split=test_split, image_key=image_key, test_frac=test_frac,
-                         seed=seed))
+                         test_split=test_split, image_key=image_key, target_key=target_key,
+                         test_frac=test_frac, seed=seed))
 
 
 def shapes_data(label: str = "color", **kw) -> ConfigDict:
@@ -59,13 +61,30 @@ def mnist_data(**kw) -> ConfigDict:
 def imagenet_data(path: str = "", **kw) -> ConfigDict:
   """ImageNet-1k through TFDS (`tfds build imagenet2012 --file_format=array_record` with the
   manual tars in place): the paper's linear probe (train 1.28M, top-1 on the 50k val)."""
-  kw = dict(dict(train_size=0, test_size=0, test_split="validation"), **kw)
-  return data_spec("tfds", "label", path=path, name="imagenet2012", **kw)
+  kw = dict(dict(train_size=0, test_size=0, test_split="validation", name="imagenet2012"), **kw)
+  return data_spec("tfds", "label", path=path, **kw)
 
 
 def cifar10_data(path: str = "", **kw) -> ConfigDict:
-  kw = dict(dict(train_size=0, test_size=0), **kw)
-  return data_spec("tfds", "label", path=path, name="cifar10", **kw)
+  kw = dict(dict(train_size=0, test_size=0, name="cifar10"), **kw)
+  return data_spec("tfds", "label", path=path, **kw)
+
+
+def ade20k_data(path: str = "", **kw) -> ConfigDict:
+  """ADE20K (SceneParse150 in TFDS: `tfds build scene_parse150 --file_format=array_record`):
+  150 classes + 0 = 'other' (the paper's ADE20K mIoU uses UperNet on top; this is the linear
+  per-token protocol)."""
+  kw = dict(dict(train_size=0, test_size=0, test_split="test", target_key="annotation",
+                 name="scene_parse150"), **kw)
+  return data_spec("tfds", "segmentation", path=path, **kw)
+
+
+def nyu_depth_data(path: str = "", **kw) -> ConfigDict:
+  """NYU-Depth-v2 in TFDS (`tfds build nyu_depth_v2 --file_format=array_record`; depth in
+  metres, split 'validation' for test)."""
+  kw = dict(dict(train_size=0, test_size=0, test_split="validation", target_key="depth",
+                 name="nyu_depth_v2"), **kw)
+  return data_spec("tfds", "depth", path=path, **kw)
 
 
 def heldout(every: int = 0, at_start: bool = True, **kw) -> ConfigDict:

@@ -171,7 +171,9 @@ def _tfds(spec, image_size, split, n) -> Split:
   count = len(src) if n <= 0 else min(n, len(src))
   idx = np.linspace(0, len(src) - 1, count).round().astype(int) if count < len(src) \
       else np.arange(len(src))
-  label_key = spec["label"]
+  label = spec["label"]
+  dense = label in ("segmentation", "depth")
+  label_key = spec["target_key"] if dense else label
   feature = builder.info.features[label_key]
   names = tuple(getattr(feature, "names", None) or ())
   images, labels = [], []
@@ -180,6 +182,23 @@ def _tfds(spec, image_size, split, n) -> Split:
     arr = np.asarray(ex[spec["image_key"]])
     if arr.ndim == 3 and arr.shape[-1] == 1:
       arr = np.repeat(arr, 3, axis=-1)
-    images.append(pil_to_uint8(prepare_pil(Image.fromarray(arr), image_size), False))
-    labels.append(int(np.asarray(ex[label_key])))
-  return Split(to_unit_range(np.stack(images)), np.asarray(labels, np.int32), (), names)
+    if dense:   # image and target resized alike (no crop), so pixels stay aligned
+      images.append(np.asarray(Image.fromarray(arr).resize((image_size, image_size),
+                                                           Image.BICUBIC)))
+      labels.append(_resize_target(np.asarray(ex[label_key]), image_size, label))
+    else:
+      images.append(pil_to_uint8(prepare_pil(Image.fromarray(arr), image_size), False))
+      labels.append(int(np.asarray(ex[label_key])))
+  if label == "segmentation" and not names:
+    names = tuple(str(c) for c in range(int(np.max(labels)) + 1))
+  dtype = np.float32 if label == "depth" else np.int32
+  return Split(to_unit_range(np.stack(images)), np.asarray(labels, dtype), (), names)
+
+
+def _resize_target(t: np.ndarray, size: int, label: str) -> np.ndarray:
+  """A per-pixel target [H, W(, 1)] -> [size, size]: nearest for classes, bilinear for depth."""
+  from PIL import Image
+  t = t[..., 0] if t.ndim == 3 else t
+  if label == "segmentation":
+    return np.asarray(Image.fromarray(t.astype(np.int32)).resize((size, size), Image.NEAREST))
+  return np.asarray(Image.fromarray(t.astype(np.float32)).resize((size, size), Image.BILINEAR))
