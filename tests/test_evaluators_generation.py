@@ -103,6 +103,12 @@ def test_dense_probes_on_oracle_token_features():
   assert out["rmse"] < 0.5 * out["rmse_mean_baseline"]
 
 
+def fake_external_scorer(images, prompts):
+  """An 'external CLIP scorer' for the hook test: mean brightness x 100 per image."""
+  assert len(images) == len(prompts) and images.dtype == np.uint8
+  return images.reshape(len(images), -1).mean(1) / 255 * 100
+
+
 def test_fid_evaluator_proxy_path_and_stats_cache(tmp_path):
   """Fake sampler returning the reference images themselves: FD(gen, ref) = 0 exactly (same
   features), the cache file is written once and reused; a sampler returning black images is
@@ -138,7 +144,9 @@ def test_fid_evaluator_proxy_path_and_stats_cache(tmp_path):
   assert calls == [8, 8, 8, 8]
   assert len(list(tmp_path.glob("*.npz"))) == 1
   entry.pred = "black"
+  entry.external_clip_scorer = "tests.test_evaluators_generation:fake_external_scorer"
   out2 = build_evaluator(entry, fns, EvalContext(c)).run(None)
+  assert out2["clip_score_external"] == 0.0            # the hook saw the black images
   # Blank images are far from the reference (identical images gave exactly 0); at n = 32 the
   # halves (16 vs 16) floor is inflated by rank-deficient covariances, so compare with the
   # real-vs-real distance of two DIFFERENT real sets of 32 instead.
