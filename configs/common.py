@@ -46,6 +46,8 @@ import math
 
 import ml_collections
 
+from configs import evaluators as ev
+
 ConfigDict = ml_collections.ConfigDict
 # Keys whose default is None are typed placeholders, so `--config.optim.lr=1e-3` works on
 # the command line (ml_collections cannot override a plain None field).
@@ -307,9 +309,56 @@ def paper_config(size: str, arg: str | None) -> ConfigDict:
   c.data.name = "wds"                      # img2dataset tar shards of CC12M (paper data)
   c.data.path = ""                         # e.g. gs://BUCKET/cc12m/{00000..01242}.tar
   apply_recipe(c, a.recipe)
+  c.evals = paper_evals()
   if a.runlocal:
     runlocal(c)
   return finalize(c)
+
+
+def paper_evals() -> ConfigDict:
+  """The paper's evaluation protocols (Table 1), run at the end of training (and standalone:
+  `python -m dream_jax.evaluate --workdir=W`). Paths are set per site:
+    imagenet_probe  linear probe on ImageNet-1k, MAE/DREAM protocol (buffer-token mean, LN +
+                    non-affine BN, LARS: base lr 0.1 x 16384/256, 90 epochs, 10 warm-up),
+                    top-1 on the 50k val; needs `tfds build imagenet2012
+                    --file_format=array_record` (set .data.path to its data_dir)
+    imagenet_fewshot  5-way 5-shot (one of the paper's 14 datasets; add one entry per set)
+    fid50k          FID of 50k samples against 50k held-out images of the training data
+                    (set data.eval_path to the held-out shards and data.eval_size=50_000,
+                    inception_weights to the converted FID Inception .npz), plus IS and the
+                    internal CLIP score; SAD variant: a copy with pred='sample_sad'.
+    ade20k_seg / nyu_depth  dense linear probes on frozen patch tokens (mIoU / RMSE); TFDS
+                    scene_parse150 / nyu_depth_v2 prepared locally
+  """
+  evals = ConfigDict()
+  evals.imagenet_probe = ev.linear_probe(every=0, at_start=False, data=ev.imagenet_data())
+  evals.imagenet_fewshot = ev.fewshot(every=0, at_start=False,
+                                      data=ev.imagenet_data(train_size=50_000,
+                                                            test_size=10_000))
+  evals.fid50k = ev.fid(every=0, at_start=False, num_samples=50_000, batch=256)
+  evals.ade20k_seg = ev.segmentation(every=0, at_start=False, data=ev.ade20k_data(),
+                                     num_classes=151, ignore_index=255)
+  evals.nyu_depth = ev.depth(every=0, at_start=False, data=ev.nyu_depth_data())
+  return evals
+
+
+def runlocal_evals(evals: ConfigDict) -> None:
+  """The paper protocols at smoke size: the same entries and code paths on the
+  shapes data (colour labels for the probes, held-out shapes for the FD), a few examples."""
+  if "imagenet_probe" in evals:
+    evals.imagenet_probe.update(data=ev.shapes_data("color", train_size=32, test_size=16),
+                                epochs=2, warmup_epochs=1, batch_size=16, feature_batch=8)
+  if "imagenet_fewshot" in evals:
+    evals.imagenet_fewshot.update(data=ev.shapes_data("color", train_size=96, test_size=32),
+                                  episodes=4, queries=2, feature_batch=8)
+  if "fid50k" in evals:
+    evals.fid50k.update(num_samples=8, batch=8, feature_batch=8)
+  if "ade20k_seg" in evals:
+    evals.ade20k_seg.update(data=ev.shapes_data("segmentation", train_size=16, test_size=8),
+                            num_classes=0, steps=10, batch_size=8, feature_batch=8)
+  if "nyu_depth" in evals:
+    evals.nyu_depth.update(data=ev.shapes_data("depth", train_size=16, test_size=8),
+                           feature_batch=8)
 
 
 def set_model_size(c: ConfigDict, size: str) -> None:
@@ -356,6 +405,7 @@ def runlocal(c: ConfigDict) -> None:
   c.data.update(name="shapes", image_size=32, num_workers=1, eval_size=16)
   c.sampling.update(num_steps=4, num_diffusion_steps="5", sad_candidates=2, sad_step=2)
   c.ckpt.update(every=2, keep=2)
+  runlocal_evals(c.evals)
 
 
 def load_config_file(spec: str) -> ConfigDict:

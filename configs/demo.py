@@ -40,10 +40,14 @@ What differs from the paper recipe, on purpose (docs/DESIGN.md section 2, "small
   * masking groups of 16 (paper 64) so one step mixes 4 mask ratios.
 """
 from configs import common
+from configs import evaluators as ev
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, steps=500)
+  """arg: steps=N (500); evals='train' (held-out losses every 100 steps and mini-GenEval at
+  the end) | 'full' (also the representation and generation suite: what
+  `python -m dream_jax.evaluate --workdir=W --evals_config=configs/demo.py:evals=full` runs)."""
+  a = common.parse_arg(arg, steps=500, evals="train")
   c = common.base_config()
   c.total_steps = a.steps
   c.batch_size = 64
@@ -90,10 +94,34 @@ def get_config(arg=None):
   c.sampling.update(num_steps=16, num_diffusion_steps="50", cfg=3.0, sad_candidates=4,
                     sad_step=4)
   c.ckpt.update(every=100, keep=2)
-  c.evals.heldout = common.ConfigDict(dict(kind="heldout", every=100, diffusion_ratio=0.9,
-                                           seed=0))
-  # Generation fidelity (the sampler's evaluator): 64 held-out prompts, plain decoding and
-  # SAD, scored by the shapes checker; at the end only (sampling is the costly part).
-  c.evals.fidelity = common.ConfigDict(dict(kind="fidelity", every=0, at_start=False,
-                                            num_prompts=64, modes=("plain", "sad"), batch=32))
+  c.evals.heldout = ev.heldout(every=100, diffusion_ratio=0.9, seed=0)
+  # Mini-GenEval (the sampler's evaluator): 64 held-out prompts, plain decoding and SAD,
+  # scored by the shapes checker; at the end only (sampling is the costly part).
+  c.evals.geneval = ev.geneval(every=0, at_start=False, num_prompts=64, modes=("plain", "sad"),
+                               batch=32)
+  if a.evals == "full":
+    add_full_suite(c)
+  elif a.evals != "train":
+    raise ValueError(f"configs/demo.py: evals must be 'train' or 'full', got {a.evals!r}")
   return common.finalize(c)
+
+
+def add_full_suite(c) -> None:
+  """Representation and generation evaluators on the shapes data and MNIST-5k (CPU, ~2 min)."""
+  shapes = lambda label, **kw: ev.shapes_data(label, train_size=1024, test_size=512, **kw)
+  # LARS on ~1-5k cached features: MAE's 90 epochs (10 warm-up) at batch 256; base_lr 100
+  # stands in for MAE's ~7k steps at lr 6.4 (configs/evaluators.py:linear_probe).
+  probe = lambda data: ev.linear_probe(data=data, batch_size=256, base_lr=100.0)
+  c.evals.probe_color = probe(shapes("color"))
+  c.evals.probe_shape = probe(shapes("shape"))
+  c.evals.probe_cell = probe(shapes("cell"))
+  c.evals.probe_mnist = probe(ev.mnist_data())
+  c.evals.fewshot_color = ev.fewshot(data=shapes("color"))
+  c.evals.fewshot_mnist = ev.fewshot(data=ev.mnist_data())
+  c.evals.zeroshot_color = ev.zeroshot(data=shapes("color"))
+  c.evals.zeroshot_shape = ev.zeroshot(data=shapes("shape"),
+                                       templates=ev.SHAPES_SHAPE_TEMPLATES)
+  c.evals.retrieval = ev.retrieval(data=ev.shapes_data("none", train_size=0, test_size=512))
+  c.evals.fid = ev.fid(num_samples=256, batch=32)
+  c.evals.segmentation = ev.segmentation()
+  c.evals.depth = ev.depth()

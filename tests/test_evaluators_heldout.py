@@ -1,11 +1,11 @@
 """Held-out evaluator: retrieval R@1 rule and chance level, aggregation over batches with
 padding, the registry, and the trainer's real predict functions on a tiny model."""
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
-from dream_jax.evaluators import EVALUATORS, get_evaluator
+from configs import evaluators as ev_configs
+from dream_jax.evaluators import EVALUATORS, EvalContext, build_evaluator, get_evaluator
 from dream_jax.evaluators.heldout import Evaluator, retrieval_r1
 
 pytestmark = pytest.mark.slow   # slow tier: trains, runs main.py or compiles a sampler
@@ -55,8 +55,8 @@ def test_evaluator_run_with_fake_predict_fns():
              diffusion_loss_at=lambda v, b, r, s, other=False: dict(
                  own=np.full(len(b["idx"]), r) + b["idx"],
                  other=np.full(len(b["idx"]), r) + b["idx"] + 0.25))
-  cfg = ml_collections.ConfigDict(dict(kind="heldout", every=1, diffusion_ratio=0.9, seed=0))
-  out = Evaluator(cfg, config=None).run(fns, FakeData(emb), None, step=0)
+  out = Evaluator(fns, context=EvalContext(None), diffusion_ratio=0.9, seed=0,
+                  eval_data=FakeData(emb)).run(None, step=0)
   assert out["num_examples"] == 29                          # 3 padding rows dropped
   assert out["r1_i2t"] == pytest.approx(15 / 29)            # even rows match, odd anti-match
   assert out["diffusion_loss@0.9"] == pytest.approx(0.9 + np.arange(29).mean())
@@ -105,7 +105,8 @@ def test_heldout_on_tiny_model_predict_fns():
     same = {k: np.repeat(np.asarray(x)[:1], len(x), axis=0) for k, x in batch.items()}
     copies = fns["diffusion_loss_at"](noisy, same, 0.9, 0, True)
     np.testing.assert_allclose(copies["other"], copies["own"], rtol=1e-6)
-    cfg = ml_collections.ConfigDict(dict(kind="heldout", every=1, diffusion_ratio=0.9, seed=0))
-    out = Evaluator(cfg, config=c).run(fns, data, variables, step=0)
+    # Built from its config entry; it opens the run's eval split itself.
+    ev = build_evaluator(ev_configs.heldout(every=1), fns, EvalContext(c))
+    out = ev.run(variables, step=0)
   assert out["num_examples"] == 12 and 0 <= out["r1_i2t"] <= 1
   assert np.isfinite(out["z_info@0.9"])

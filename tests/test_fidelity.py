@@ -1,4 +1,4 @@
-"""Fidelity evaluator: reference rows (checker ceiling and chance) and an end-to-end run with
+"""Mini-GenEval evaluator (formerly 'fidelity'): reference rows (checker ceiling and chance) and an end-to-end run with
 the sampler's predict functions on a tiny random model (the numbers are not meaningful)."""
 import json
 import os
@@ -7,7 +7,9 @@ import jax
 import pytest
 
 from dream_jax import sampling
-from dream_jax.evaluators import fidelity
+from configs import evaluators as ev_configs
+from dream_jax.evaluators import EvalContext, build_evaluator
+from dream_jax.evaluators import geneval as fidelity
 from dream_jax.train.components import Components
 from tests.helpers import sampling_config as _config
 
@@ -27,13 +29,13 @@ def test_fidelity_end_to_end(tmp_path):
   model, it = comp.model, comp.image_tokens
   v = jax.jit(model.init)(jax.random.key(0))
   fns = sampling.make_predict_fns(model, c, it, comp.conditioning, comp.tokenize)
-  ec = dict(kind="fidelity", every=1, num_prompts=3, batch=2,
-            modes=("plain", "sad", "best_of_k"), num_candidates=2)
-  ev = fidelity.Evaluator(ec, config=c, workdir=str(tmp_path))
-  out = ev.run(fns, None, v, step=5)
+  ec = ev_configs.geneval(every=1, num_prompts=3, batch=2,
+                          modes=("plain", "sad", "best_of_k"), num_candidates=2)
+  ev = build_evaluator(ec, fns, EvalContext(c, str(tmp_path)))
+  out = ev.run(v, step=5)
   for mode in ("plain", "sad", "best_of_k"):
     for k in fidelity.CHECKS:
       assert 0.0 <= out[f"{mode}/{k}"] <= 1.0
-    assert os.path.exists(tmp_path / "samples" / f"fidelity_000005_{mode}.png")
+    assert os.path.exists(tmp_path / "samples" / f"geneval_000005_{mode}.png")
   assert "chance/color_ok" in out and out["num_prompts"] == 3
   json.dumps(out)   # metrics.jsonl-serialisable

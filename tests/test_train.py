@@ -166,10 +166,20 @@ def test_paper_runlocal_trains_two_steps(tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in lines if "loss" in r] == [1, 2]
   assert np.isfinite(row["loss"]) and os.path.isdir(tmp_path / "checkpoints" / "2")
+  last_train = [r for r in lines if "loss" in r][-1]   # the paper evals' row follows it
   for k in ("lr", "mask_center", "mask_ratio", "share_diffusion", "share_contrastive",
             "grad_norm", "param_norm", "logit_scale", "steps_per_sec", "examples_per_sec",
             "eta_sec"):
-    assert k in lines[-1], k
+    assert k in last_train, k
+  # The paper's evaluation protocols (configs/common.py:paper_evals) ran at the end, at
+  # runlocal size: ImageNet-protocol probe and few-shot, FID-50k protocol (proxy FD without
+  # Inception weights), ADE20K / NYU dense probes.
+  evals = lines[-1]
+  assert evals["step"] == 2
+  for k in ("imagenet_probe/top1", "imagenet_probe/ridge_top1", "imagenet_fewshot/acc",
+            "fid50k/proxy_fd_pixels", "fid50k/clip_score_internal", "ade20k_seg/miou",
+            "nyu_depth/rmse"):
+    assert k in evals and np.isfinite(evals[k]), k
   assert json.load(open(tmp_path / "config.json"))["total_steps"] == 2
 
 

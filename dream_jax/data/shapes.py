@@ -189,6 +189,34 @@ def make_example(seed: int, index: int, image_size: int, *, max_objects: int = 2
   return dict(image=image, caption=caption, **attrs)
 
 
+# Synthetic depth of the dense-probe targets: the background is a ground plane receding
+# towards the top (far 1.0 at the top row, near 0.5 at the bottom); an object is a flat
+# card standing on its grid row, nearer when lower and when large.
+_DEPTH_FAR, _DEPTH_NEAR = 1.0, 0.5
+
+
+def make_example_maps(seed: int, index: int, image_size: int, *, max_objects: int = 2,
+                      two_object_prob: float = 0.5) -> dict[str, Any]:
+  """`make_example(seed, index, ...)` (the same image, caption and attributes) plus dense
+  ground truth for probes: `segmentation` [S, S] int32 (0 background, 1 + shape index where
+  an object covers >= half the pixel) and `depth` [S, S] float32 (see _DEPTH_*)."""
+  ex = make_example(seed, index, image_size, max_objects=max_objects,
+                    two_object_prob=two_object_prob)
+  # Replays make_example's draws (attributes, caption) to get the object centres render used.
+  rng = np.random.default_rng([int(seed), int(index)])
+  attrs = _sample_attrs(rng, max_objects, two_object_prob)
+  _caption(rng, attrs)
+  centers = _centers(rng, attrs, image_size)
+  rows = (np.arange(image_size, dtype=np.float32) + 0.5) / image_size
+  depth = np.repeat((_DEPTH_FAR - (_DEPTH_FAR - _DEPTH_NEAR) * rows)[:, None], image_size, 1)
+  seg = np.zeros((image_size, image_size), np.int32)
+  for k, (cx, cy, h) in enumerate(centers):
+    cov = _coverage(int(attrs["shape"][k]), cx, cy, h, image_size) >= 0.5
+    seg[cov] = 1 + int(attrs["shape"][k])
+    depth[cov] = 0.8 - 0.15 * (int(attrs["cell"][k]) // 3) - 0.1 * int(attrs["size"][k])
+  return dict(ex, segmentation=seg, depth=depth.astype(np.float32))
+
+
 class ShapesSource:
   """Random-access source: indices [0, size) -> `make_example(seed, offset + i)`.
 

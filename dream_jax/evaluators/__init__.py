@@ -1,43 +1,60 @@
 """Evaluators, found by `config.evals.<name>.kind` (big_vision style: they receive named
-predict functions, never the model).
+predict functions, open their own data and never import the model).
 
 Contract (every evaluator class):
-  Evaluator(eval_config, *, config, workdir)      eval_config = config.evals.<name>
-  .run(predict_fns, eval_data, variables, *, step) -> dict[str, float]
-      predict_fns: dict name -> function (see dream_jax/train/predict.py: embed_image,
-        embed_text, diffusion_loss_at; sampling ones from dream_jax.sampling.make_predict_fns)
-      eval_data: the DataSource of `make_dataset(config, 'eval')`; iterate a fresh pass with
-        `eval_data.iterator()` (host-local numpy batches with a `valid` mask)
+  Evaluator(predict_fns, *, context, **own_keys)
+      predict_fns: dict name -> function (dream_jax/train/predict.py: embed_image,
+        embed_text, embed_captions, embed_image_features, embed_image_tokens,
+        diffusion_loss_at; sample, sample_sad, best_of_k from dream_jax.sampling); an
+        evaluator uses the ones its keys name (e.g. pred='embed_image_features')
+      context: common.EvalContext(run_config, workdir) (to open data as the run saw it)
+      own_keys: the entry's keys except kind/every/at_start, as explicit keyword arguments;
+        their defaults live in configs/evaluators.py (an unknown key is a TypeError naming it)
+  .run(variables, *, step, cache) -> dict[str, float]
       variables: {'params': EMA params, 'batch_stats': BN statistics}
-  Results are written by the trainer to metrics.jsonl as '<name>/<key>'. Evaluators may
-  write files under `workdir` (e.g. `W/samples/`).
-Common keys of `config.evals.<name>`: kind, every (steps; also run at the end), at_start
-(default True: also run at step 0).
+      cache: a common.FeatureCache made fresh for every evaluation (features shared between
+        evaluators that ask for the same predict fn on the same data)
+  Every host runs every evaluator and gets the same numbers (features are gathered with
+  process_allgather). Results go to metrics.jsonl as '<name>/<key>'.
+
+Kinds: heldout, linear_probe, fewshot, zeroshot, retrieval, geneval (alias: fidelity), fid,
+segmentation, depth.
 """
 from __future__ import annotations
 
 import importlib
 
+from dream_jax.evaluators.common import EvalContext, FeatureCache
 
-def _heldout():
-  from dream_jax.evaluators.heldout import Evaluator
-  return Evaluator
-
-
-def _fidelity():
-  # Lazy: the sampler is heavier and optional for runs that only train.
-  return importlib.import_module("dream_jax.evaluators.fidelity").Evaluator
-
-
-# kind -> zero-argument loader of the evaluator class.
+# kind -> module (imported lazily: the generation evaluators pull in the sampler's helpers).
 EVALUATORS = {
-    "heldout": _heldout,
-    "fidelity": _fidelity,
+    "heldout": "dream_jax.evaluators.heldout",
+    "linear_probe": "dream_jax.evaluators.probe",
+    "fewshot": "dream_jax.evaluators.fewshot",
+    "zeroshot": "dream_jax.evaluators.zeroshot",
+    "retrieval": "dream_jax.evaluators.retrieval",
+    "geneval": "dream_jax.evaluators.geneval",
+    "fidelity": "dream_jax.evaluators.geneval",      # the name before mini-GenEval
+    "fid": "dream_jax.evaluators.generation",
+    "segmentation": "dream_jax.evaluators.dense",
+    "depth": "dream_jax.evaluators.dense",
 }
+COMMON_KEYS = ("kind", "every", "at_start")
+
+__all__ = ["EVALUATORS", "COMMON_KEYS", "EvalContext", "FeatureCache", "get_evaluator",
+           "build_evaluator"]
 
 
 def get_evaluator(kind: str):
   if kind not in EVALUATORS:
     raise ValueError(f"config.evals.*.kind: unknown evaluator {kind!r}; known: "
                      f"{sorted(EVALUATORS)}")
-  return EVALUATORS[kind]()
+  module = importlib.import_module(EVALUATORS[kind])
+  return getattr(module, "EVALUATOR_CLASSES", {}).get(kind, module.Evaluator)
+
+
+def build_evaluator(entry, predict_fns: dict, context: EvalContext):
+  """An evaluator from its config entry (kind/every/at_start are the trainer's keys)."""
+  cls = get_evaluator(entry["kind"])
+  own = {k: entry[k] for k in entry.keys() if k not in COMMON_KEYS}
+  return cls(predict_fns, context=context, **own)

@@ -14,7 +14,8 @@
                        (identical captions are indistinguishable to any model).
   r1_chance            the expected R@1 of a random ranking under that rule (mean over
                        queries of #identical captions / N), printed beside the recalls.
-eval_config keys: kind='heldout', every, diffusion_ratio (0.9), seed (0).
+Data: the run's own eval split (`make_dataset(run_config, 'eval')`), opened here.
+Keys (configs/evaluators.py:heldout): diffusion_ratio, seed.
 """
 from __future__ import annotations
 
@@ -36,22 +37,29 @@ def retrieval_r1(img: np.ndarray, txt: np.ndarray, ids: np.ndarray) -> dict:
 
 class Evaluator:
 
-  def __init__(self, eval_config, *, config, workdir=None):
-    del config, workdir
-    self.ratio = float(eval_config.get("diffusion_ratio", 0.9))
-    self.seed = int(eval_config.get("seed", 0))
+  def __init__(self, predict_fns, *, context, diffusion_ratio, seed, eval_data=None):
+    self.predict_fns, self.context = predict_fns, context
+    self.ratio, self.seed = float(diffusion_ratio), int(seed)
+    self._data = eval_data     # tests pass a stand-in; otherwise opened on first run
 
-  def run(self, predict_fns, eval_data, variables, *, step=None) -> dict:
-    del step
-    embed_image, embed_text = predict_fns["embed_image"], predict_fns["embed_text"]
-    diff_at = predict_fns["diffusion_loss_at"]
+  def data(self):
+    if self._data is None:
+      from dream_jax.data import make_dataset
+      self._data = make_dataset(self.context.run_config, "eval")
+    return self._data
+
+  def run(self, variables, *, step=None, cache=None) -> dict:
+    del step, cache
+    fns = self.predict_fns
+    embed_image, embed_text = fns["embed_image"], fns["embed_text"]
+    diff_at = fns["diffusion_loss_at"]
 
     def fn(batch):
       diff = diff_at(variables, batch, self.ratio, self.seed, True)
       return dict(img=embed_image(variables, batch), txt=embed_text(variables, batch),
                   diff=diff["own"], diff_other=diff["other"])
 
-    res = eval_pass(eval_data, fn, keys=("clip_ids",))
+    res = eval_pass(self.data(), fn, keys=("clip_ids",))
     out = retrieval_r1(res["img"].astype(np.float64), res["txt"].astype(np.float64),
                        res["clip_ids"])
     out[f"diffusion_loss@{self.ratio:g}"] = float(res["diff"].mean())

@@ -19,6 +19,14 @@ device count, laid out over the mesh and the jitted function runs on the global 
         this particular image. The masked positions are shared so that a swapped z is
         always a masked position's z (with per-sample masks some would come from a visible
         position of the other sample, and z there can differ for that reason alone).
+  embed_image_features(variables, batch) -> dict of [b, D] f32   pooled encoder outputs,
+        nothing masked: 'buffer_mean' / 'all_mean' (mean of the buffer tokens / of every
+        token) after the encoder's final LayerNorm, and the same '*_no_ln' before it (the
+        last block's output). The linear probe's features (official protocol: buffer mean).
+  embed_image_tokens(variables, batch) -> {'tokens', 'tokens_no_ln'} [b, L, D] f32
+        per-image-token encoder outputs in raster order (dense probes).
+  embed_captions(variables, captions: list[str]) -> [n, E] f32   unit-norm caption
+        embeddings; the run's tokenizer runs here (evaluators pass strings).
 Sampling functions (`sample`, `sample_sad`, `best_of_k`) come from
 `dream_jax.sampling.make_predict_fns` when that module exists.
 """
@@ -96,8 +104,44 @@ def make_predict_fns(components, frozen, mesh) -> dict:
       return per_sample(z)
     return dict(own=per_sample(z), other=per_sample(jnp.roll(z, 1, axis=0)))
 
-  fns = dict(embed_image=hosted(mesh, embed_image), embed_text=hosted(mesh, embed_text),
-             diffusion_loss_at=hosted(mesh, diffusion_loss_at))
+  def encoder_outputs(variables, batch):
+    """(post-LN [B,S,D], pre-LN [B,S,D]) of the full-length encoder, nothing masked."""
+    from dream_jax.models.dream import DREAM
+    tokens = tok.to_tokens(frozen.get("vae"), batch, jax.random.key(0), sample=False)
+    visible = jnp.ones(tokens.shape[:2], bool)
+    last = f"encoder_blocks_{model.spec.depth - 1}"
+    (hidden, _), state = model.module.apply(
+        variables, tokens, visible, None, True, method=DREAM.encode,
+        capture_intermediates=lambda mdl, name: mdl.name == last and name == "__call__",
+        mutable=["intermediates"])
+    return hidden, state["intermediates"][last]["__call__"][0].astype(jnp.float32)
+
+  nb = model.spec.buffer_size
+
+  @functools.partial(jax.jit, out_shardings=out_sh)
+  def embed_image_features(variables, batch):
+    post, pre = encoder_outputs(variables, batch)
+    return dict(buffer_mean=post[:, :nb].mean(1), all_mean=post.mean(1),
+                buffer_mean_no_ln=pre[:, :nb].mean(1), all_mean_no_ln=pre.mean(1))
+
+  @functools.partial(jax.jit, out_shardings=out_sh)
+  def embed_image_tokens(variables, batch):
+    post, pre = encoder_outputs(variables, batch)
+    return dict(tokens=post[:, nb:], tokens_no_ln=pre[:, nb:])
+
+  from dream_jax.data import CaptionTokens
+  captions_to_ids = CaptionTokens(components.config.text, components.tokenizer, cond=False)
+  embed_text_hosted = hosted(mesh, embed_text)
+
+  def embed_captions(variables, captions):
+    ids = np.stack([captions_to_ids(c)["clip_ids"] for c in captions])
+    return embed_text_hosted(variables, dict(clip_ids=ids))
+
+  fns = dict(embed_image=hosted(mesh, embed_image), embed_text=embed_text_hosted,
+             diffusion_loss_at=hosted(mesh, diffusion_loss_at),
+             embed_image_features=hosted(mesh, embed_image_features),
+             embed_image_tokens=hosted(mesh, embed_image_tokens),
+             embed_captions=embed_captions)
   try:
     from dream_jax import sampling
     make = getattr(sampling, "make_predict_fns", None)

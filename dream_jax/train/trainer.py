@@ -130,7 +130,6 @@ class Trainer:
       return {k: v for r in rows if r.get("step") == total for k, v in r.items()}
     from dream_jax.data import make_dataset
     train_data = make_dataset(config, "train")
-    eval_data = make_dataset(config, "eval") if len(config.evals) else None
     data_state = None
     if latest is not None:
       if latest > total:
@@ -156,19 +155,21 @@ class Trainer:
     it = train_data.iterator(data_state or None)
 
     predict_fns = make_predict_fns(self.components, self.frozen, self.mesh)
-    evaluators = self._evaluators(workdir)
+    evaluators = self._evaluators(workdir, predict_fns)
     progress = metrics_lib.Progress(total, config.batch_size, first_step)
     last_row = {}
 
     def run_evals(step, final, only=None):
+      from dream_jax.evaluators import FeatureCache
       rows = {}
       variables = ckpt_lib.ema_variables(state)
+      cache = FeatureCache()   # features shared by this step's evaluators only
       for name, (ev, every, at_start) in evaluators.items():
         if not _eval_due(step, final, every, at_start) or (only is not None and name not in only):
           continue
         t0 = time.perf_counter()
         with jax.set_mesh(self.mesh):
-          res = ev.run(predict_fns, eval_data, variables, step=step)
+          res = ev.run(variables, step=step, cache=cache)
         rows.update({f"{name}/{k}": v for k, v in res.items()})
         rows[f"{name}/seconds"] = time.perf_counter() - t0
       if rows:
@@ -281,14 +282,12 @@ class Trainer:
     return NonFiniteError(f"non-finite loss or gradient at step {step}; stopping. {where} "
                           "(the non-finite state was not written).")
 
-  def _evaluators(self, workdir):
-    from dream_jax.evaluators import get_evaluator
-    out = {}
-    for name, ec in self.config.evals.items():
-      cls = get_evaluator(ec.kind)
-      out[name] = (cls(ec, config=self.config, workdir=workdir), int(ec.get("every", 0) or 0),
-                   bool(ec.get("at_start", True)))
-    return out
+  def _evaluators(self, workdir, predict_fns):
+    """name -> (evaluator, every, at_start) for `config.evals` (configs/evaluators.py)."""
+    from dream_jax.evaluators import EvalContext, build_evaluator
+    context = EvalContext(self.config, workdir)
+    return {name: (build_evaluator(ec, predict_fns, context), int(ec.every), bool(ec.at_start))
+            for name, ec in self.config.evals.items()}
 
 
 def _eval_due(step: int, final: bool, every: int, at_start: bool) -> bool:

@@ -1,4 +1,4 @@
-"""Generation fidelity on the shapes data: do samples show what the prompt says?
+"""Mini-GenEval on the shapes data: do samples show what the prompt says?
 
 Samples held-out prompts (`dream_jax.data.shapes.heldout_prompts`, the captions of the
 eval split, never trained on) with each decoding mode and checks every image against the
@@ -10,10 +10,13 @@ rendered held-out images, no model involved:
   'real/<check>'    the checker on real images with their own prompts (the ceiling);
   'chance/<check>'  the checker on real images with ANOTHER example's prompt (rolled by one):
                     what an image that ignores its prompt scores.
-eval_config keys: kind='fidelity', every, num_prompts (64), modes (('plain', 'sad',
-'best_of_k')), batch (prompts per call, 16), seed (sampling key, 0), and optional sampler
-overrides: cfg, temperature, num_candidates, sad_step, sad_share. Grids of the first 16
-samples per mode go to W/samples/fidelity_<step>_<mode>.png when a workdir is given.
+Checks: colour, shape, size, position (named cell), count, relation (GenEval's categories,
+with an exact checker instead of a detector), and all_ok (every check of the prompt).
+Keys (configs/evaluators.py:geneval): num_prompts, modes ('plain', 'sad', 'best_of_k'),
+batch (prompts per sampler call; every call has this size so it compiles once), seed, and
+sampler overrides cfg, temperature, num_candidates, sad_step, sad_share (None = the run's
+sampling config), save_grids (the first 16 samples per mode go to
+W/samples/geneval_<step>_<mode>.png when the context has a workdir).
 """
 from __future__ import annotations
 
@@ -29,6 +32,20 @@ MODES = {"plain": "sample", "sad": "sample_sad", "best_of_k": "best_of_k"}
 OVERRIDES = ("cfg", "temperature", "num_candidates", "sad_step", "sad_share")
 CHECKS = ("color_ok", "shape_ok", "size_ok", "cell_ok", "relation_ok", "position_ok",
           "count_ok", "all_ok")
+
+
+def save_grid(images: np.ndarray, path: str, ncol: int = 8, pad: int = 2) -> None:
+  """uint8 [N, H, W, 3] -> one PNG grid (white gaps) at `path`."""
+  from PIL import Image
+  n, h, w, c = images.shape
+  rows = -(-n // ncol)
+  grid = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, np.uint8)
+  for i, img in enumerate(images):
+    r, q = divmod(i, ncol)
+    y, x = pad + r * (h + pad), pad + q * (w + pad)
+    grid[y: y + h, x: x + w] = img
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(grid).save(path)
 
 
 def stack_attrs(pairs) -> dict:
@@ -53,22 +70,24 @@ def reference_rows(config, n: int) -> dict:
 
 
 class Evaluator:
-  """Fidelity evaluator (trainer contract: see dream_jax/evaluators/__init__.py)."""
+  """Mini-GenEval (trainer contract: see dream_jax/evaluators/__init__.py)."""
 
-  def __init__(self, eval_config, *, config, workdir=None):
+  def __init__(self, predict_fns, *, context, num_prompts, modes, batch, seed, cfg,
+               temperature, num_candidates, sad_step, sad_share, save_grids):
+    config = context.run_config
     if config.data.name != "shapes":
-      raise ValueError("evals kind='fidelity' needs config.data.name='shapes' (its "
+      raise ValueError("evals kind='geneval' needs config.data.name='shapes' (its "
                        f"prompts have checkable attributes), got {config.data.name!r}")
-    self.config, self.workdir = config, workdir
-    self.num_prompts = int(eval_config.get("num_prompts", 64))
-    self.modes = tuple(eval_config.get("modes", tuple(MODES)))
+    self.predict_fns, self.config = predict_fns, config
+    self.workdir = context.workdir if save_grids else None
+    self.num_prompts, self.modes = int(num_prompts), tuple(modes)
     bad = [m for m in self.modes if m not in MODES]
     if bad:
       raise ValueError(f"config.evals.*.modes: unknown {bad}; known {tuple(MODES)}")
-    self.batch = int(eval_config.get("batch", 16))
-    self.seed = int(eval_config.get("seed", 0))
-    self.overrides = {k: eval_config[k] for k in OVERRIDES
-                      if k in eval_config and eval_config[k] is not None}
+    self.batch, self.seed = int(batch), int(seed)
+    given = dict(cfg=cfg, temperature=temperature, num_candidates=num_candidates,
+                 sad_step=sad_step, sad_share=sad_share)
+    self.overrides = {k: v for k, v in given.items() if v is not None}
     d = config.data
     self.pairs = shapes.heldout_prompts(self.num_prompts, config.seed,
                                           max_objects=d.max_objects,
@@ -94,8 +113,9 @@ class Evaluator:
       out.append(np.asarray(res["images"])[: len(chunk)])
     return np.concatenate(out)
 
-  def run(self, predict_fns, eval_data, variables, *, step=None) -> dict:
-    del eval_data   # prompts come from the held-out captions directly
+  def run(self, variables, *, step=None, cache=None) -> dict:
+    del cache   # prompts come from the held-out captions directly
+    predict_fns = self.predict_fns
     if self._reference is None:
       self._reference = reference_rows(self.config, self.num_prompts)
     out = dict(self._reference)
@@ -105,9 +125,8 @@ class Evaluator:
       out[f"{mode}/seconds"] = time.perf_counter() - t0
       res = shapes.check_batch(images, self.attrs)
       out.update({f"{mode}/{k}": float(v) for k, v in res.items()})
-      if self.workdir:
-        from dream_jax.sampling.images import make_grid, save_png
-        save_png(make_grid(images[:16], ncol=8),
-                 os.path.join(self.workdir, "samples", f"fidelity_{step or 0:06d}_{mode}.png"))
+      if self.workdir and jax.process_index() == 0:
+        save_grid(images[:16], os.path.join(self.workdir, "samples",
+                                            f"geneval_{step or 0:06d}_{mode}.png"))
     out["num_prompts"] = float(self.num_prompts)
     return out
