@@ -6,11 +6,18 @@
 `--config` is an ml_collections config file (`path[:arg]`), locked so an unknown
 `--config.x=y` override is an error. The run resumes automatically from W/checkpoints.
 On several hosts (TPU pods, multi-node GPU) `jax.distributed.initialize()` is called first.
+
+Output: one progress line per `log_every` steps (with an ETA that leaves out compilation and
+evaluation time), one line per evaluation, a summary at the end. Library logging stays at
+WARNING unless `--verbosity=0` (INFO) or `--verbosity=1` (DEBUG, and the traceback of a
+config or input error, which otherwise prints as one line).
 """
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from dream_jax.utils import console
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
@@ -25,8 +32,10 @@ def _multi_host() -> bool:
                                 "SLURM_NTASKS")) and env.get("JAX_SKIP_DISTRIBUTED") != "1"
 
 
+@console.user_errors
 def main(argv):
   del argv
+  console.quiet_libraries()
   try:   # Keep TensorFlow (imported by optional TensorBoard writers) off the accelerators.
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
@@ -45,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=console.parse_flags)

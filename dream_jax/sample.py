@@ -3,15 +3,19 @@
   python -m dream_jax.sample --workdir=W --prompt="a red circle in the top left" \
       [--prompt=... | --prompts_file=F] [--mode=plain|sad|best_of_k] [--num_candidates=K] \
       [--sad_step=T | --sad_share=0.125] [--cfg=3.0] [--temperature=1.0] [--seed=S] \
-      [--show_candidates] --out=OUT.png
+      [--show_candidates] [--strict] --out=OUT.png
+  python -m dream_jax.sample --workdir=W --list_words     # the words the run's tokenizer knows
 
 Reads W/config.json and the EMA parameters + BatchNorm statistics of the checkpoint
 (`dream_jax.train.inference.load_for_inference`), decodes with the jitted sampler
 (dream_jax/sampling) and writes OUT.png (a grid) plus OUT_000.png, OUT_001.png, ... (one per
-prompt). Mode: 'sad' when --num_candidates, --sad_step or --sad_share is given, else
+prompt; the grid carries each prompt as its caption). Mode: 'sad' when --num_candidates, --sad_step or --sad_share is given, else
 'plain', unless --mode says otherwise. With --show_candidates (SAD) OUT_candidates.png shows
-the K partial candidates of every prompt at step T with their scores, the winner framed.
-Defaults come from the run's config.sampling.
+the K partial candidates of every prompt at step T with their scores (undecoded tokens as a
+grey checkerboard), the winner framed.
+Defaults come from the run's config.sampling. With a word-level tokenizer (the demo) words
+outside its vocabulary are dropped by the tokenizer: each such prompt gets a warning naming
+the words, or, with --strict, an error before any sampling.
 """
 from __future__ import annotations
 
@@ -46,7 +50,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--num_diffusion_steps", default=None, help="respaced head steps, e.g. 100")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--show_candidates", action="store_true")
-  p.add_argument("--out", required=True, help="output PNG (grid); singles are written beside it")
+  p.add_argument("--strict", action="store_true",
+                 help="unknown prompt words are an error (default: a warning)")
+  p.add_argument("--list_words", action="store_true",
+                 help="print the words the run's caption tokenizer knows, then exit")
+  p.add_argument("--out", default=None,
+                 help="output PNG (grid); singles are written beside it")
   return p.parse_args(argv)
 
 
@@ -63,6 +72,40 @@ def read_prompts(args) -> list[str]:
   return prompts
 
 
+def unknown_words(config, prompts: Sequence[str]) -> dict:
+  """{prompt: [words the caption tokenizer does not know]} for a word-level tokenizer (the
+  demo's); {} for CLIP BPE, which encodes any text."""
+  from dream_jax.data import text_tokenizer
+  tok = text_tokenizer(config)
+  vocab = getattr(tok, "vocab", None)
+  if vocab is None or not hasattr(tok, "words"):
+    return {}
+  known = set(vocab)
+  out = {p: [w for w in tok.words(p) if w not in known] for p in prompts}
+  return {p: ws for p, ws in out.items() if ws}
+
+
+def vocabulary(config) -> Optional[tuple]:
+  """The caption tokenizer's words (word-level tokenizers), else None."""
+  from dream_jax.data import text_tokenizer
+  return getattr(text_tokenizer(config), "vocab", None)
+
+
+def check_words(config, prompts: Sequence[str], strict: bool) -> None:
+  bad = unknown_words(config, prompts)
+  for p, ws in bad.items():
+    msg = (f"prompt {p!r}: unknown words {ws} (the tokenizer drops them; "
+           "--list_words prints the known ones)")
+    if strict:
+      raise SystemExit(f"error: {msg}")
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def _read_config(workdir: str):
+  from dream_jax.train.inference import load_config   # fills keys older workdirs predate
+  return load_config(workdir)
+
+
 def resolve_mode(args) -> str:
   if args.mode:
     return args.mode
@@ -71,9 +114,11 @@ def resolve_mode(args) -> str:
   return "plain"
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str, need_checkpoint: bool = True) -> None:
   if not os.path.exists(os.path.join(workdir, "config.json")):
     raise SystemExit(f"{workdir}/config.json not found: is --workdir a training workdir?")
+  if not need_checkpoint:
+    return
   ck = os.path.join(workdir, "checkpoints")
   steps = [d for d in os.listdir(ck) if d.isdigit()] if os.path.isdir(ck) else []
   if not steps:
@@ -93,6 +138,13 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
   """Runs the CLI; returns a summary dict (also printed as JSON). `loader(workdir, step) ->
   (config, model, variables_ema, frozen)` defaults to the trainer's `load_for_inference`."""
   args = parse_args(argv)
+  if args.list_words:
+    check_workdir(args.workdir, need_checkpoint=False)
+    words = vocabulary(_read_config(args.workdir))
+    print(" ".join(words) if words else "this run's tokenizer (CLIP BPE) encodes any text")
+    return dict(words=list(words or ()))
+  if not args.out:
+    raise SystemExit("--out=OUT.png is required (the grid; singles are written beside it)")
   prompts = read_prompts(args)
   mode = resolve_mode(args)
   if args.num_candidates is not None and args.num_candidates < 1:
@@ -103,11 +155,12 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
 
   import jax
   from dream_jax import sampling
-  from dream_jax.sampling import images as im
+  from dream_jax.utils import images as im
   from dream_jax.sampling import schedule as sl
 
   t0 = time.perf_counter()
   config, model, variables, frozen = (loader or default_loader)(args.workdir, args.step)
+  check_words(config, prompts, args.strict)
   from dream_jax.train.components import Components
   comp = Components(config)
   sampler = sampling.Sampler(model, config, comp.image_tokens, comp.objective, frozen=frozen)
@@ -139,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
     raise SystemExit(str(e))
   t_sample = time.perf_counter() - t1
 
-  paths = im.save_grid_and_singles(out["images"], args.out)
+  paths = im.save_grid_and_singles(out["images"], args.out, captions=prompts)
   summary = dict(mode=mode, prompts=prompts, out=paths[0], singles=paths[1:],
                  seconds_load=round(t_load, 2), seconds_sample=round(t_sample, 2))
   if "scores" in out:
@@ -150,7 +203,8 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
     if args.show_candidates:
       stem, ext = os.path.splitext(args.out)
       fig = im.candidates_figure(out["candidates"], out["scores"], out["winner"], prompts,
-                                 step=out["sad_step"])
+                                 step=out["sad_step"],
+                                 undecoded=im.undecoded_tokens(out["candidate_tokens"]))
       summary["candidates_figure"] = im.save_png(fig, f"{stem}_candidates{ext or '.png'}")
   print(json.dumps(summary, indent=1))
   return summary

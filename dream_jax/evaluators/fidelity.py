@@ -106,8 +106,9 @@ class Evaluator:
       res = embedded.check_batch(images, self.attrs)
       out.update({f"{mode}/{k}": float(v) for k, v in res.items()})
       if self.workdir:
-        from dream_jax.sampling.images import make_grid, save_png
-        save_png(make_grid(images[:16], ncol=8),
+        from dream_jax.utils.images import captioned_grid, save_png
+        captions = [c for c, _ in self.pairs[:16]]
+        save_png(captioned_grid(images[:16], captions, ncol=8),
                  os.path.join(self.workdir, "samples", f"fidelity_{step or 0:06d}_{mode}.png"))
     out["num_prompts"] = float(self.num_prompts)
     return out

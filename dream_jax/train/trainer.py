@@ -15,7 +15,6 @@ Order of events in `train(config, workdir)`:
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -112,6 +111,7 @@ class Trainer:
     """Trains to config.total_steps (resuming when W/checkpoints has a step); returns the
     last row of metrics written (evaluator results included)."""
     config = self.config
+    t_run = time.perf_counter()
     workdir = os.path.abspath(workdir)
     write_config(config, workdir)
     writer = metrics_lib.MetricWriter(workdir)
@@ -126,7 +126,8 @@ class Trainer:
     data_state = None
     if latest is not None:
       state, data_state = ckpt.restore(latest, self.abstract_state())
-      logging.info("Resumed from %s/%d", ckpt.directory, latest)
+      if jax.process_index() == 0:
+        print(f"resumed from {ckpt.directory}/{latest}", flush=True)
     else:
       state = self.fresh_state()
       if c.init_from:
@@ -154,10 +155,7 @@ class Trainer:
         rows[f"{name}/seconds"] = time.perf_counter() - t0
       if rows:
         r = writer.write(step, rows)
-        logging.info("eval step %d: %s", step, json.dumps(r))
-        print(f"eval step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float)
-                                                 else f"{k} {v}" for k, v in r.items()),
-              flush=True)
+        progress.print_eval(step, r)
         last_row.update(r)
 
     sample_every = int(config.sampling.get("every", 0) or 0)
@@ -172,13 +170,15 @@ class Trainer:
       with jax.set_mesh(self.mesh):
         out = fn(variables, None, prompts, jax.random.key(int(config.seed)))
       if jax.process_index() == 0:
-        from dream_jax.sampling import images as image_lib
+        from dream_jax.utils import images as image_lib
         path = os.path.join(workdir, "samples", f"step_{step:06d}.png")
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        image_lib.save_png(image_lib.make_grid(np.asarray(out["images"])), path)
+        image_lib.save_png(image_lib.captioned_grid(np.asarray(out["images"]), prompts,
+                                                    ncol=4), path)
 
     if first_step == 0:
-      run_evals(0, final=total == 0)
+      with progress.paused():
+        run_evals(0, final=total == 0)
 
     pending_finite = None   # the previous step's flag, read one step late (keeps dispatch async)
     stop_after = int(config.get("debug_stop_after", 0) or 0)
@@ -209,22 +209,27 @@ class Trainer:
         if (c.every and step % c.every == 0) or is_last:
           if not bool(m["finite"]):     # never checkpoint a non-finite state
             raise self._nonfinite(step, ckpt)
-          ckpt.save(step, state, it.get_state(), extra_meta=dict(total_steps=total))
+          with progress.paused():   # the ETA counts step time only
+            ckpt.save(step, state, it.get_state(), extra_meta=dict(total_steps=total))
         if stop_after and step - first_step >= stop_after:
           # Test hook: die like a preempted job (no final checkpoint, no cleanup).
           ckpt.wait()
           os.kill(os.getpid(), signal.SIGKILL)
-        if not is_last and any(every and step % every == 0
-                               for _, every, _ in evaluators.values()):
-          run_evals(step, final=False)
-        if not is_last and sample_every and step % sample_every == 0:
-          write_samples(step)
+        with progress.paused():
+          if not is_last and any(every and step % every == 0
+                                 for _, every, _ in evaluators.values()):
+            run_evals(step, final=False)
+          if not is_last and sample_every and step % sample_every == 0:
+            write_samples(step)
       if step == total and total > first_step:
         run_evals(step, final=True)
         write_samples(step)
     ckpt.close()
     writer.close()
     self.final_state = state
+    if jax.process_index() == 0:
+      from dream_jax.train import summary
+      summary.finish(workdir, progress, time.perf_counter() - t_run, ckpt.directory)
     return last_row
 
   def _nonfinite(self, step, ckpt) -> NonFiniteError:
