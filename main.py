@@ -1,57 +1,8 @@
-"""DREAM training entry point.
+"""DREAM training entry point from a checkout: `python main.py --config=... --workdir=...`.
 
-  python main.py --config=configs/demo.py --workdir=/tmp/dream_demo
-  python main.py --config=configs/dream_b16.py:runlocal --workdir=W --config.total_steps=2
-
-`--config` is an ml_collections config file (`path[:arg]`), locked so an unknown
-`--config.x=y` override is an error. The run resumes automatically from W/checkpoints.
-On several hosts (TPU pods, multi-node GPU) `jax.distributed.initialize()` is called first.
-
-Output: one progress line per `log_every` steps (with an ETA that leaves out compilation and
-evaluation time), one line per evaluation, a summary at the end. Library logging stays at
-WARNING unless `--verbosity=0` (INFO) or `--verbosity=1` (DEBUG, and the traceback of a
-config or input error, which otherwise prints as one line).
+The program lives in `dream_jax/main.py` (installed as `dream-train`).
 """
-import os
-
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-from dream_jax.utils import console
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def _multi_host() -> bool:
-  env = os.environ
-  return any(k in env for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
-                                "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
-                                "SLURM_NTASKS")) and env.get("JAX_SKIP_DISTRIBUTED") != "1"
-
-
-@console.user_errors
-def main(argv):
-  del argv
-  console.quiet_libraries()
-  try:   # Keep TensorFlow (imported by optional TensorBoard writers) off the accelerators.
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-  except Exception:   # noqa: BLE001  TF is optional
-    pass
-  import jax
-  if _multi_host():
-    jax.distributed.initialize()
-  from configs.common import validate
-  from dream_jax.train.trainer import train
-  config = _CONFIG.value
-  validate(config)   # overrides may have broken what get_config validated
-  logging.info("devices: %s", jax.devices())
-  train(config, _WORKDIR.value)
-
+from dream_jax.main import run
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=console.parse_flags)
+  run()

@@ -30,6 +30,6 @@ def get_config(arg=None):
                 layers=4, heads=4, cond_encoder="t5", tiny_random=True, cond_len=32,
                 cond_dim=1024)
   c.masking.update(kind="fixed", fixed_ratio=0.5, group_size=32)
-  c.data.update(name="embedded", image_size=128, eval_size=64)
+  c.data.update(name="shapes", image_size=128, eval_size=64)
   c.sampling.update(num_steps=16, num_diffusion_steps="50", sad_candidates=4, sad_step=4)
   return common.finalize(c)

@@ -25,7 +25,7 @@ config keeps its shape when `--config.total_steps` changes.
 Recipes (`get_config('recipe=...')`): `dream` (paper), `fluid` (MAR/Fluid masking, no
 contrastive loss), `clip` (no masking, no diffusion loss), `nowarmup` (DREAM masking at its
 final centre from step 0). `runlocal` turns a paper config into a CPU smoke run with tiny
-random VAE/T5 stand-ins and the embedded data.
+random VAE/T5 stand-ins and the shapes data.
 """
 from __future__ import annotations
 
@@ -227,7 +227,7 @@ def base_config() -> ConfigDict:
 
   # ------------------------------------------------------------------- data
   c.data = ConfigDict()
-  c.data.name = "embedded"             # 'embedded'|'mnist'|'tfds'|'wds'|'folder'|'cache' (dream_jax/data)
+  c.data.name = "shapes"             # 'shapes'|'mnist'|'tfds'|'wds'|'folder'|'cache' (dream_jax/data)
   c.data.image_size = 256
   c.data.num_workers = 2               # grain read threads
   c.data.shuffle_buffer = 10_000
@@ -243,9 +243,9 @@ def base_config() -> ConfigDict:
   c.data.caption_key = "caption"       # tfds feature path ('captions/text'), wds .json / folder field
   c.data.captions_file = ""            # folder: CSV/TSV/JSONL of (file, caption); '' = captions.* in path
   c.data.cache_dir = ""                # mnist: decoded .npy cache ('' = ~/.cache/dream_jax)
-  c.data.embedded_size = 100_000       # embedded: distinct train examples (held-out ones are separate)
-  c.data.max_objects = 2               # embedded: 1 or 2 objects per image
-  c.data.two_object_prob = 0.5         # embedded: share of two-object images
+  c.data.shapes_size = 100_000         # shapes: distinct train examples (held-out ones are separate)
+  c.data.max_objects = 2               # shapes: 1 or 2 objects per image
+  c.data.two_object_prob = 0.5         # shapes: share of two-object images
 
   # --------------------------------------------------------------- sampling
   c.sampling = ConfigDict()
@@ -319,7 +319,7 @@ def apply_recipe(c: ConfigDict, recipe: str) -> None:
 
 
 def runlocal(c: ConfigDict) -> None:
-  """CPU smoke variant of a paper config: tiny sizes, tiny random VAE/T5, embedded data."""
+  """CPU smoke variant of a paper config: tiny sizes, tiny random VAE/T5, shapes data."""
   c.total_steps = 4
   c.batch_size = 8
   c.compute_dtype = "float32"
@@ -329,10 +329,10 @@ def runlocal(c: ConfigDict) -> None:
                  aligner_depth=1, diff_depth=1, diff_width=32, diffusion_batch_mul=2,
                  num_sampling_steps="10", encoder_buckets=2, diffusion_buckets=2)
   c.tokenizer.update(image_size=32, tiny_random=True)
-  use_embedded_vocab(c, context_length=16)
+  use_shapes_vocab(c, context_length=16)
   c.text.update(width=32, layers=1, heads=2, tiny_random=True, cond_len=16, cond_dim=32)
   c.masking.group_size = 4
-  c.data.update(name="embedded", image_size=32, num_workers=1, shuffle_buffer=64, eval_size=16)
+  c.data.update(name="shapes", image_size=32, num_workers=1, shuffle_buffer=64, eval_size=16)
   c.sampling.update(num_steps=4, num_diffusion_steps="5", sad_candidates=2, sad_step=2)
   c.ckpt.update(every=2, keep=2)
 
@@ -350,9 +350,9 @@ def load_config_file(spec: str) -> ConfigDict:
   return module.get_config(arg or None)
 
 
-def use_embedded_vocab(c: ConfigDict, context_length: int) -> None:
-  """Word tokenizer over the embedded dataset's caption vocabulary (no vocab file needed)."""
-  from dream_jax.data.embedded import VOCAB
+def use_shapes_vocab(c: ConfigDict, context_length: int) -> None:
+  """Word tokenizer over the shapes dataset's caption vocabulary (no vocab file needed)."""
+  from dream_jax.data.shapes import VOCAB
   c.text.tokenizer = "word"
   c.text.word_vocab = tuple(VOCAB)
   c.text.vocab_size = len(VOCAB) + 4  # + pad, unk, sot, eot (WordTokenizer)

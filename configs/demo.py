@@ -57,7 +57,7 @@ def get_config(arg=None):
   # Centred pixel tokens: the images are ~93% black, so black -> -0.07 (paper: VAE latents,
   # already centred by their shift factor). Tokens lie in [-0.07, 1.93].
   c.tokenizer.update(kind="identity", image_size=32, patch_size=4, pixel_shift=-0.93)
-  common.use_embedded_vocab(c, context_length=16)
+  common.use_shapes_vocab(c, context_length=16)
   c.text.update(width=128, layers=2, heads=4, cond_encoder="clip_tower")
 
   c.masking.update(warmup_end=0.4, group_size=16)
@@ -69,7 +69,7 @@ def get_config(arg=None):
   c.loss.w_token_regression = 100.0
   c.ema.update(decay=0.999, warmup=True)
 
-  c.data.update(name="embedded", image_size=32, num_workers=2, shuffle_buffer=1024,
+  c.data.update(name="shapes", image_size=32, num_workers=2, shuffle_buffer=1024,
                 eval_size=256)
   # Pixel tokens are bounded: clip the predicted x0 to [-2, 2], which covers the shifted
   # range (improved-DDPM clip_denoised). The reference never clips (VAE latents); a head
@@ -91,7 +91,7 @@ def get_config(arg=None):
   c.evals.heldout = common.ConfigDict(dict(kind="heldout", every=100, diffusion_ratio=0.9,
                                            seed=0))
   # Generation fidelity (the sampler's evaluator): 64 held-out prompts, plain decoding and
-  # SAD, scored by the embedded checker; at the end only (sampling is the costly part).
+  # SAD, scored by the shapes checker; at the end only (sampling is the costly part).
   c.evals.fidelity = common.ConfigDict(dict(kind="fidelity", every=0, at_start=False,
                                             num_prompts=64, modes=("plain", "sad"), batch=32))
   return common.finalize(c)

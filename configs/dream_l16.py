@@ -3,7 +3,7 @@
 Launch (Cloud TPU / GPU cluster, see launch/):
   python main.py --config=configs/dream_l16.py --workdir=gs://BUCKET/dream_l16 \
       --config.data.path='gs://BUCKET/cc12m/{00000..01242}.tar'
-CPU smoke run (tiny random VAE/T5 stand-ins, embedded data, a few steps):
+CPU smoke run (tiny random VAE/T5 stand-ins, shapes data, a few steps):
   python main.py --config=configs/dream_l16.py:runlocal --workdir=/tmp/dream_l16
 
 Arguments (comma separated): recipe=dream|fluid|clip|nowarmup, runlocal.

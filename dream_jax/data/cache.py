@@ -177,7 +177,7 @@ def build_cache(config, out: str, *, split: str = "train", num_shards: int = 0,
         rec["cond_embeddings"] = feats[k].astype(store)
       else:
         rec["cond_ids"] = toks[k]["cond_ids"]
-      rec.update(extras[k])       # e.g. attrs_* of the embedded data, MNIST labels
+      rec.update(extras[k])       # e.g. attrs_* of the shapes data, MNIST labels
       writer.write(_pack(rec))
 
   for s in mine:

@@ -1,6 +1,6 @@
-"""Generation fidelity on the embedded shapes data: do samples show what the prompt says?
+"""Generation fidelity on the shapes data: do samples show what the prompt says?
 
-Samples held-out prompts (`dream_jax.data.embedded.heldout_prompts`, the captions of the
+Samples held-out prompts (`dream_jax.data.shapes.heldout_prompts`, the captions of the
 eval split, never trained on) with each decoding mode and checks every image against the
 prompt's attributes with `check_batch` (colour blobs, shape, size, grid cell / relation,
 object count). Reported per mode ('plain' -> predict fn `sample`, 'sad' -> `sample_sad`,
@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from dream_jax.data import embedded
+from dream_jax.data import shapes
 
 MODES = {"plain": "sample", "sad": "sample_sad", "best_of_k": "best_of_k"}
 OVERRIDES = ("cfg", "temperature", "num_candidates", "sad_step", "sad_share")
@@ -33,22 +33,22 @@ CHECKS = ("color_ok", "shape_ok", "size_ok", "cell_ok", "relation_ok", "position
 
 def stack_attrs(pairs) -> dict:
   """[(caption, attrs)] -> {key: [N, ...] int32} for `check_batch`."""
-  return {k: np.stack([np.asarray(a[k]) for _, a in pairs]) for k in embedded.ATTR_KEYS}
+  return {k: np.stack([np.asarray(a[k]) for _, a in pairs]) for k in shapes.ATTR_KEYS}
 
 
 def reference_rows(config, n: int) -> dict:
   """'real/*' and 'chance/*' accuracies of the checker on rendered held-out images."""
   d = config.data
-  images = np.stack([embedded.make_example(config.seed, embedded.HELDOUT_OFFSET + i,
+  images = np.stack([shapes.make_example(config.seed, shapes.HELDOUT_OFFSET + i,
                                            d.image_size, max_objects=d.max_objects,
                                            two_object_prob=d.two_object_prob)["image"]
                      for i in range(n)])
-  pairs = embedded.heldout_prompts(n, config.seed, max_objects=d.max_objects,
+  pairs = shapes.heldout_prompts(n, config.seed, max_objects=d.max_objects,
                                    two_object_prob=d.two_object_prob)
   attrs = stack_attrs(pairs)
   rolled = {k: np.roll(v, 1, axis=0) for k, v in attrs.items()}
-  out = {f"real/{k}": v for k, v in embedded.check_batch(images, attrs).items()}
-  out.update({f"chance/{k}": v for k, v in embedded.check_batch(images, rolled).items()})
+  out = {f"real/{k}": v for k, v in shapes.check_batch(images, attrs).items()}
+  out.update({f"chance/{k}": v for k, v in shapes.check_batch(images, rolled).items()})
   return out
 
 
@@ -56,8 +56,8 @@ class Evaluator:
   """Fidelity evaluator (trainer contract: see dream_jax/evaluators/__init__.py)."""
 
   def __init__(self, eval_config, *, config, workdir=None):
-    if config.data.name != "embedded":
-      raise ValueError("evals kind='fidelity' needs config.data.name='embedded' (its "
+    if config.data.name != "shapes":
+      raise ValueError("evals kind='fidelity' needs config.data.name='shapes' (its "
                        f"prompts have checkable attributes), got {config.data.name!r}")
     self.config, self.workdir = config, workdir
     self.num_prompts = int(eval_config.get("num_prompts", 64))
@@ -70,7 +70,7 @@ class Evaluator:
     self.overrides = {k: eval_config[k] for k in OVERRIDES
                       if k in eval_config and eval_config[k] is not None}
     d = config.data
-    self.pairs = embedded.heldout_prompts(self.num_prompts, config.seed,
+    self.pairs = shapes.heldout_prompts(self.num_prompts, config.seed,
                                           max_objects=d.max_objects,
                                           two_object_prob=d.two_object_prob)
     self.attrs = stack_attrs(self.pairs)
@@ -103,7 +103,7 @@ class Evaluator:
       t0 = time.perf_counter()
       images = self.samples(predict_fns[MODES[mode]], variables, mode)
       out[f"{mode}/seconds"] = time.perf_counter() - t0
-      res = embedded.check_batch(images, self.attrs)
+      res = shapes.check_batch(images, self.attrs)
       out.update({f"{mode}/{k}": float(v) for k, v in res.items()})
       if self.workdir:
         from dream_jax.utils.images import captioned_grid, save_png

@@ -1,4 +1,4 @@
-"""A word-level tokenizer with a fixed vocabulary, for tiny configs and the embedded data.
+"""A word-level tokenizer with a fixed vocabulary, for tiny configs and the shapes data.
 
 Ids: 0 pad, 1 unknown word, 2 start-of-text, 3 end-of-text, then the vocabulary in the given
 order. Text is lower-cased and split into words (runs of letters/digits); punctuation is

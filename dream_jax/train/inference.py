@@ -30,13 +30,23 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
       return tuple(tuples(v) for v in x)
     return x
 
-  c = ml_collections.ConfigDict(tuples(raw))
+  c = ml_collections.ConfigDict(tuples(_upgrade(raw)))
   # Keys added to the config after the run was written take their defaults, which keep the
   # behaviour such a run was trained with (every new option defaults to the old behaviour).
   from configs import common
   _fill_missing(c, common.base_config())
   c.lock()
   return c
+
+
+def _upgrade(raw: dict) -> dict:
+  """Renames keys and values of configs written before a rename (older workdirs)."""
+  data = raw.get("data", {})
+  if data.get("name") == "embedded":          # the shapes source was called 'embedded'
+    data["name"] = "shapes"
+  if "embedded_size" in data:
+    data["shapes_size"] = data.pop("embedded_size")
+  return raw
 
 
 def _fill_missing(c: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> None:

@@ -1,4 +1,4 @@
-"""The embedded default dataset: procedural captioned shapes, in the package, no download.
+"""The default dataset: procedural captioned shapes, in the package, no download.
 
 Every example is a pure function of `(seed, index)` (a numpy Generator seeded from both), so
 the data needs no files and any host can render any example. An image is a black canvas with
@@ -189,7 +189,7 @@ def make_example(seed: int, index: int, image_size: int, *, max_objects: int = 2
   return dict(image=image, caption=caption, **attrs)
 
 
-class EmbeddedSource:
+class ShapesSource:
   """Random-access source: indices [0, size) -> `make_example(seed, offset + i)`.
 
   `load(i, flip)` gives the pipeline's record (image uint8, caption, attrs_* int32); the

@@ -1,6 +1,6 @@
 """Reads a few batches of the configured input pipeline and prints one JSON line.
 
-    python -m dream_jax.data.inspect --config=configs/dream_b16.py:runlocal \\
+    python -m dream_jax.data.inspect_source --config=configs/dream_b16.py:runlocal \\
         [--config.data.name=wds --config.data.path='/data/cc3m/{00000..00331}.tar'] \\
         [--num_batches=20] [--split=train] [--process_index=0 --process_count=1]
 

@@ -1,4 +1,4 @@
-"""The embedded shapes dataset: determinism, captions vs attributes, the checker, batches."""
+"""The shapes dataset: determinism, captions vs attributes, the checker, batches."""
 import json
 import re
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs.common import base_config, runlocal
-from dream_jax.data import embedded as E
+from dream_jax.data import shapes as E
 from dream_jax.data import make_dataset
 from dream_jax.data.pipeline import to_unit_range
 
@@ -92,14 +92,14 @@ def test_checker_detects_each_single_attribute_change():
 
 def test_prompts():
   held = E.heldout_prompts(6, seed=0)
-  src = E.EmbeddedSource(0, 6, 32, offset=E.HELDOUT_OFFSET)
+  src = E.ShapesSource(0, 6, 32, offset=E.HELDOUT_OFFSET)
   assert [c for c, _ in held] == [src[i]["caption"] for i in range(6)]
   rand = E.random_prompts(6, seed=0)
   assert len(rand) == 6 and all(isinstance(c, str) and "num_objects" in a for c, a in rand)
   assert [c for c, _ in rand] != [c for c, _ in held]
 
 
-def test_make_dataset_embedded_batches_and_state():
+def test_make_dataset_shapes_batches_and_state():
   c = _config()
   ds = make_dataset(c, "train", process_index=0, process_count=1)
   it = ds.iterator()
@@ -120,7 +120,7 @@ def test_make_dataset_embedded_batches_and_state():
   assert ds.info["text_vocab_size"] == len(E.VOCAB) + 4
 
 
-def test_embedded_eval_split_is_heldout_and_padded():
+def test_shapes_eval_split_is_heldout_and_padded():
   c = _config(eval_size=13)
   ev = make_dataset(c, "eval", process_index=0, process_count=1)
   batches = list(ev.iterator())
@@ -128,15 +128,15 @@ def test_embedded_eval_split_is_heldout_and_padded():
   assert sum(int(b["valid"].sum()) for b in batches) == 13
   again = list(ev.iterator())
   assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(batches, again))
-  tr = E.EmbeddedSource(c.seed, c.data.embedded_size, 32)
+  tr = E.ShapesSource(c.seed, c.data.shapes_size, 32)
   train_caps = {tr[i]["caption"] + str(tr[i]["image"].sum()) for i in range(64)}
-  held = E.EmbeddedSource(c.seed, 13, 32, offset=E.HELDOUT_OFFSET)
+  held = E.ShapesSource(c.seed, 13, 32, offset=E.HELDOUT_OFFSET)
   assert not train_caps & {held[i]["caption"] + str(held[i]["image"].sum()) for i in range(13)}
-  assert E.HELDOUT_OFFSET > c.data.embedded_size
+  assert E.HELDOUT_OFFSET > c.data.shapes_size
 
 
-def test_embedded_hosts_disjoint_and_cover():
-  c = _config(embedded_size=24)
+def test_shapes_hosts_disjoint_and_cover():
+  c = _config(shapes_size=24)
   c.batch_size = 4
   seen = []
   for host in range(2):
@@ -145,5 +145,5 @@ def test_embedded_hosts_disjoint_and_cover():
     seen.append({im.tobytes() for im in imgs})
     assert len(seen[-1]) == 12
   assert not seen[0] & seen[1]
-  whole = E.EmbeddedSource(c.seed, 24, 32)
+  whole = E.ShapesSource(c.seed, 24, 32)
   assert seen[0] | seen[1] == {to_unit_range(whole[i]["image"]).tobytes() for i in range(24)}
