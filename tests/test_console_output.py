@@ -152,3 +152,17 @@ def test_captioned_grid_and_undecoded_marking():
   marked = im.mark_undecoded(imgs, und)
   changed = np.any(marked != imgs, axis=-1)
   assert changed[0, :4, 4:].all() and changed.sum() == 16   # exactly token 1's patch
+
+
+def test_unknown_prompt_words_are_reported_or_refused(capsys):
+  from configs import demo
+  from dream_jax import sample as cli
+  c = demo.get_config()
+  bad = "a large magenta zebra"
+  assert cli.unknown_words(c, [bad, "a large red circle in the top left"]) == {
+      bad: ["magenta", "zebra"]}
+  cli.check_words(c, [bad], strict=False)
+  assert "unknown words ['magenta', 'zebra']" in capsys.readouterr().err
+  with pytest.raises(SystemExit, match="unknown words"):
+    cli.check_words(c, [bad], strict=True)
+  assert "circle" in cli.vocabulary(c) and "zebra" not in cli.vocabulary(c)
