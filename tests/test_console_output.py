@@ -114,6 +114,9 @@ def test_summary_names_files_and_headline_metrics(tmp_path):
   assert os.path.join(w, "metrics.jsonl") in text
   assert "plots        (none)" in text
   assert len(out) <= 12
+  done = metrics_lib.Progress(total_steps=40, batch_size=8, first_step=40)
+  assert summary.lines(w, done, wall_sec=3.0)[0] == (
+      "already complete: 40 steps (nothing left to train)")
 
 
 def test_one_line_errors():

@@ -53,7 +53,9 @@ def lines(workdir: str, progress: Optional[metrics_lib.Progress] = None,
   d = metrics_lib._duration
   steps = train.get("step", 0)
   head = f"done: {steps} steps"
-  if wall_sec is not None:
+  if progress is not None and progress.first_step >= steps:   # resumed a finished run
+    head = f"already complete: {steps} steps (nothing left to train)"
+  elif wall_sec is not None:
     head += f" in {d(wall_sec)}"
   if progress is not None and progress.train_steps:
     sps = progress.train_steps / progress.train_sec
