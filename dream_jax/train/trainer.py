@@ -64,15 +64,12 @@ class Trainer:
   def __init__(self, config, *, devices=None):
     self.config = config
     check_accumulation(config)
-    # Process-wide (jax has one default PRNG): every key made from here on uses it.
-    from configs.common import RNG_IMPLS
-    jax.config.update("jax_default_prng_impl", config.get("rng_impl", RNG_IMPLS[0]))
     self.mesh = sharding.make_mesh(config, devices)
     self.components = Components(config)
     self.tx = optim.make_optimizer(config)
     with jax.set_mesh(self.mesh):
       self.frozen = jax.device_put(self.components.init_frozen(), sharding.replicated(self.mesh))
-    init = lambda: init_state(self.components, self.tx, int(config.seed))
+    init = lambda: init_state(self.components, self.tx, int(config.seed), config.rng_impl)
     self.state_shapes = jax.eval_shape(init)
     self.state_sharding = sharding.tree_shardings(self.mesh, self.state_shapes)
     self._init = jax.jit(init, out_shardings=self.state_sharding)
@@ -158,7 +155,7 @@ class Trainer:
         progress.print_eval(step, r)
         last_row.update(r)
 
-    sample_every = int(config.sampling.get("every", 0) or 0)
+    sample_every = int(config.sampling.every)
     prompts = [p for p in config.sampling.prompts if p]
 
     def write_samples(step):
