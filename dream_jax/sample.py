@@ -14,7 +14,7 @@ prompt; the grid carries each prompt as its caption). Mode: 'sad' when --num_can
 the K partial candidates of every prompt at step T with their scores (undecoded tokens as a
 grey checkerboard), the winner framed.
 Defaults come from the run's config.sampling. With a word-level tokenizer (the demo) words
-outside its vocabulary are dropped by the tokenizer: each such prompt gets a warning naming
+outside its vocabulary are encoded as <unk> by the tokenizer: each such prompt gets a warning naming
 the words, or, with --strict, an error before any sampling.
 """
 from __future__ import annotations
@@ -94,7 +94,7 @@ def vocabulary(config) -> Optional[tuple]:
 def check_words(config, prompts: Sequence[str], strict: bool) -> None:
   bad = unknown_words(config, prompts)
   for p, ws in bad.items():
-    msg = (f"prompt {p!r}: unknown words {ws} (the tokenizer drops them; "
+    msg = (f"prompt {p!r}: unknown words {ws} (encoded as <unk>, which the model never saw; "
            "--list_words prints the known ones)")
     if strict:
       raise SystemExit(f"error: {msg}")
