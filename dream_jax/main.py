@@ -6,11 +6,18 @@
 `--config` is an ml_collections config file (`path[:arg]`), locked so an unknown
 `--config.x=y` override is an error. The run resumes automatically from W/checkpoints.
 On several hosts (TPU pods, multi-node GPU) `jax.distributed.initialize()` is called first.
+
+Output: one progress line per `log_every` steps (with an ETA that leaves out compilation and
+evaluation time), one line per evaluation, a summary at the end. Library logging stays at
+WARNING unless `--verbosity=0` (INFO) or `--verbosity=1` (DEBUG, and the traceback of a
+config or input error, which otherwise prints as one line).
 """
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from dream_jax.utils import console
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
@@ -22,19 +29,6 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _parse_flags(argv):
-  """absl flag parsing, with an unknown `--config.<key>` override named in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except AttributeError as e:   # ml_collections: the locked config has no such key
-    missing = str(e).strip("\"'")
-    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
-           and missing in a.split("=")[0].split(".")[1:]]
-    name = bad[0] if bad else f"--config.{missing}"
-    raise SystemExit(f"{name}: unknown config key {missing!r} (check the spelling against "
-                     "configs/common.py)") from None
-
-
 def _multi_host() -> bool:
   env = os.environ
   return any(k in env for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
@@ -42,8 +36,10 @@ def _multi_host() -> bool:
                                 "SLURM_NTASKS")) and env.get("JAX_SKIP_DISTRIBUTED") != "1"
 
 
+@console.user_errors
 def main(argv):
   del argv
+  console.quiet_libraries()
   try:   # Keep TensorFlow (imported by optional TensorBoard writers) off the accelerators.
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
@@ -63,7 +59,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=console.parse_flags)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
   python -m dream_jax.sample --workdir=W --prompt="a red circle in the top left" \
       [--prompt=... | --prompts_file=F] [--mode=plain|sad|best_of_k] [--num_candidates=K] \
       [--sad_step=T | --sad_share=0.125] [--cfg=3.0] [--temperature=1.0] [--seed=S] \
-      [--show_candidates] --out=OUT.png
+      [--show_candidates] [--strict] --out=OUT.png
+  python -m dream_jax.sample --workdir=W --list_words     # the words the run's tokenizer knows
 
 Reads W/config.json and the EMA parameters + BatchNorm statistics of the checkpoint
 (`dream_jax.train.inference.load_for_inference`), decodes with the jitted sampler
 (dream_jax/sampling) and writes OUT.png (a grid) plus OUT_000.png, OUT_001.png, ... (one per
-prompt). Mode: 'sad' when --num_candidates, --sad_step or --sad_share is given, else
+prompt; the grid carries each prompt as its caption). Mode: 'sad' when --num_candidates, --sad_step or --sad_share is given, else
 'plain', unless --mode says otherwise. With --show_candidates (SAD) OUT_candidates.png shows
-the K partial candidates of every prompt at step T with their scores, the winner framed.
+the K partial candidates of every prompt at step T with their scores (undecoded tokens as a
+grey checkerboard), the winner framed. `--list_words` prints the words a word-level
+tokenizer knows.
 Defaults come from the run's config.sampling.
 
 Inputs are checked before anything is sampled, each error naming its flag:
@@ -68,7 +71,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   p.add_argument("--show_candidates", action="store_true")
   p.add_argument("--strict", action="store_true",
                  help="words outside the vocabulary are an error (default: a warning)")
-  p.add_argument("--out", required=True, help="output PNG (grid); singles are written beside it")
+  p.add_argument("--list_words", action="store_true",
+                 help="print the words the run's caption tokenizer knows, then exit")
+  p.add_argument("--out", default=None,
+                 help="output PNG (grid); singles are written beside it")
   return p.parse_args(argv)
 
 
@@ -158,6 +164,17 @@ def check_prompt_tokens(prompts, tokenizer, *, strict: bool) -> list[str]:
   return notes
 
 
+def vocabulary(config) -> Optional[tuple]:
+  """The caption tokenizer's words (word-level tokenizers), else None."""
+  from dream_jax.data import text_tokenizer
+  return getattr(text_tokenizer(config), "vocab", None)
+
+
+def _read_config(workdir: str):
+  from dream_jax.train.inference import load_config   # fills keys older workdirs predate
+  return load_config(workdir)
+
+
 def resolve_mode(args) -> str:
   if args.mode:
     return args.mode
@@ -166,9 +183,11 @@ def resolve_mode(args) -> str:
   return "plain"
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str, need_checkpoint: bool = True) -> None:
   if not os.path.exists(os.path.join(workdir, "config.json")):
     raise SystemExit(f"{workdir}/config.json not found: is --workdir a training workdir?")
+  if not need_checkpoint:
+    return
   ck = os.path.join(workdir, "checkpoints")
   steps = [d for d in os.listdir(ck) if d.isdigit()] if os.path.isdir(ck) else []
   if not steps:
@@ -188,6 +207,13 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
   """Runs the CLI; returns a summary dict (also printed as JSON). `loader(workdir, step) ->
   (config, model, variables_ema, frozen)` defaults to the trainer's `load_for_inference`."""
   args = parse_args(argv)
+  if args.list_words:
+    check_workdir(args.workdir, need_checkpoint=False)
+    words = vocabulary(_read_config(args.workdir))
+    print(" ".join(words) if words else "this run's tokenizer (CLIP BPE) encodes any text")
+    return dict(words=list(words or ()))
+  if not args.out:
+    raise SystemExit("--out=OUT.png is required (the grid; singles are written beside it)")
   prompts = read_prompts(args)
   check_out(args.out)
   mode = resolve_mode(args)
@@ -206,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
 
   import jax
   from dream_jax import sampling
-  from dream_jax.sampling import images as im
+  from dream_jax.utils import images as im
   from dream_jax.sampling import schedule as sl
 
   t0 = time.perf_counter()
@@ -246,7 +272,7 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
     raise SystemExit(str(e))
   t_sample = time.perf_counter() - t1
 
-  paths = im.save_grid_and_singles(out["images"], args.out)
+  paths = im.save_grid_and_singles(out["images"], args.out, captions=prompts)
   summary = dict(mode=mode, prompts=prompts, out=paths[0], singles=paths[1:],
                  seconds_load=round(t_load, 2), seconds_sample=round(t_sample, 2),
                  warnings=notes)
@@ -258,7 +284,8 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
     if args.show_candidates:
       stem, ext = os.path.splitext(args.out)
       fig = im.candidates_figure(out["candidates"], out["scores"], out["winner"], prompts,
-                                 step=out["sad_step"])
+                                 step=out["sad_step"],
+                                 undecoded=im.undecoded_tokens(out["candidate_tokens"]))
       summary["candidates_figure"] = im.save_png(fig, f"{stem}_candidates{ext or '.png'}")
   print(json.dumps(summary, indent=1))
   return summary

@@ -27,25 +27,12 @@ import jax
 import numpy as np
 
 from dream_jax.data import shapes
+from dream_jax.utils.images import captioned_grid, save_png
 
 MODES = {"plain": "sample", "sad": "sample_sad", "best_of_k": "best_of_k"}
 OVERRIDES = ("cfg", "temperature", "num_candidates", "sad_step", "sad_share")
 CHECKS = ("color_ok", "shape_ok", "size_ok", "cell_ok", "relation_ok", "position_ok",
           "count_ok", "all_ok")
-
-
-def save_grid(images: np.ndarray, path: str, ncol: int = 8, pad: int = 2) -> None:
-  """uint8 [N, H, W, 3] -> one PNG grid (white gaps) at `path`."""
-  from PIL import Image
-  n, h, w, c = images.shape
-  rows = -(-n // ncol)
-  grid = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, np.uint8)
-  for i, img in enumerate(images):
-    r, q = divmod(i, ncol)
-    y, x = pad + r * (h + pad), pad + q * (w + pad)
-    grid[y: y + h, x: x + w] = img
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(grid).save(path)
 
 
 def stack_attrs(pairs) -> dict:
@@ -126,7 +113,8 @@ class Evaluator:
       res = shapes.check_batch(images, self.attrs)
       out.update({f"{mode}/{k}": float(v) for k, v in res.items()})
       if self.workdir and jax.process_index() == 0:
-        save_grid(images[:16], os.path.join(self.workdir, "samples",
-                                            f"geneval_{step or 0:06d}_{mode}.png"))
+        captions = [c for c, _ in self.pairs[:16]]
+        save_png(captioned_grid(images[:16], captions, ncol=8),
+                 os.path.join(self.workdir, "samples", f"geneval_{step or 0:06d}_{mode}.png"))
     out["num_prompts"] = float(self.num_prompts)
     return out

@@ -5,10 +5,10 @@ section 5.1), so they are imported lazily and skipped quietly when unavailable.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import sys
 import time
 
 import jax
@@ -81,7 +81,7 @@ def read_metrics(workdir: str) -> list[dict]:
     for line in f:
       try:
         rows.append(json.loads(line))
-      except ValueError:
+      except json.JSONDecodeError:   # a line cut by a kill mid-write
         continue
   return rows
 
@@ -109,35 +109,105 @@ def truncate_after(workdir: str, step: int) -> int:
   return len(lines) - len(keep)
 
 
+# Evaluator metrics shown on the console and in the final summary (last path component).
+HEADLINE = ("r1_i2t", "r1_t2i", "z_info@0.9", "color_ok", "cell_ok", "all_ok", "top1",
+            "accuracy", "fid", "fd_proxy", "clip_score", "miou", "rmse")
+
+
+def _duration(sec: float) -> str:
+  """Seconds -> '42s' | '3m05s' | '1h02m'."""
+  sec = max(0, int(round(sec)))
+  if sec < 60:
+    return f"{sec}s"
+  if sec < 3600:
+    return f"{sec // 60}m{sec % 60:02d}s"
+  return f"{sec // 3600}h{sec % 3600 // 60:02d}m"
+
+
 class Progress:
-  """Console progress line: step, loss, steps/s, examples/s, ETA."""
+  """The console lines of a run (process 0 only; printed once, to stdout):
+
+    step 25/500 | loss 2.27 | diff 0.0368 | clip 3.11 | mask 0.12 | lr 0.001 | 1.8 st/s | ETA 4m24s
+
+  The ETA is (remaining steps) x (mean step time), where the step time leaves out the first
+  step of this process (it includes compilation) and any time spent inside `paused()`
+  (evaluations, sample grids, checkpoint saves), which the trainer wraps around them.
+  """
+
+  KEYS = (("loss", "loss"), ("loss_diffusion", "diff"), ("loss_contrastive", "clip"),
+          ("mask_center", "mask"), ("lr", "lr"))
 
   def __init__(self, total_steps: int, batch_size: int, first_step: int = 0):
     self.total, self.batch = total_steps, batch_size
-    self._t0, self._s0 = time.perf_counter(), first_step
-    self._tlast, self._slast = self._t0, first_step
+    self.first_step = first_step
+    self._tlast, self._slast = None, first_step   # None until the first (compiling) step
+    self._paused = 0.0                 # seconds inside paused() since the last rates()
+    self.train_sec, self.train_steps = 0.0, 0   # measured step time, compile excluded
+    self.first_step_sec = float("nan")
+    self._t0 = time.perf_counter()
+
+  @contextlib.contextmanager
+  def paused(self):
+    """Time inside this block is not step time (evaluation, sampling, checkpointing)."""
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self._paused += time.perf_counter() - t
 
   def rates(self, step: int) -> dict:
+    """At a log step (after the device sync): steps/s since the last log step and the ETA."""
     now = time.perf_counter()
-    dt, ds = now - self._tlast, step - self._slast
-    sps = ds / dt if dt > 0 and ds > 0 else float("nan")
-    self._tlast, self._slast = now, step
-    avg = (step - self._s0) / max(now - self._t0, 1e-9)
-    eta = (self.total - step) / avg if avg > 0 else float("nan")
-    return dict(steps_per_sec=sps, examples_per_sec=sps * self.batch, eta_sec=eta)
+    if self._tlast is None:           # the first step of this process: compile + one step
+      self.first_step_sec = now - self._t0 - self._paused
+      sps = float("nan")
+    else:
+      dt, ds = now - self._tlast - self._paused, step - self._slast
+      sps = ds / dt if dt > 0 and ds > 0 else float("nan")
+      if dt > 0 and ds > 0:
+        self.train_sec, self.train_steps = self.train_sec + dt, self.train_steps + ds
+    self._tlast, self._slast, self._paused = now, step, 0.0
+    per_step = self.train_sec / self.train_steps if self.train_steps else float("nan")
+    return dict(steps_per_sec=sps, examples_per_sec=sps * self.batch,
+                eta_sec=(self.total - step) * per_step)
 
   def line(self, step: int, row: dict) -> str:
-    keys = ("loss", "loss_diffusion", "loss_contrastive", "mask_center", "lr")
     parts = [f"step {step}/{self.total}"]
-    parts += [f"{k} {row[k]:.4g}" for k in keys if isinstance(row.get(k), float)]
-    if isinstance(row.get("steps_per_sec"), float) and math.isfinite(row["steps_per_sec"]):
-      parts.append(f"{row['steps_per_sec']:.2f} st/s")
-    if isinstance(row.get("eta_sec"), float) and math.isfinite(row["eta_sec"]):
-      parts.append(f"ETA {row['eta_sec']:.0f}s")
+    parts += [f"{short} {row[k]:.3g}" for k, short in self.KEYS
+              if isinstance(row.get(k), float)]
+    sps, eta = row.get("steps_per_sec"), row.get("eta_sec")
+    if isinstance(sps, float) and math.isfinite(sps):
+      parts.append(f"{sps:.2f} st/s")
+    if isinstance(eta, float) and math.isfinite(eta):
+      parts.append(f"ETA {_duration(eta)}")
+    elif step == self._slast and math.isfinite(self.first_step_sec):
+      parts.append(f"first step {_duration(self.first_step_sec)} (compilation)")
     return " | ".join(parts)
 
   def print(self, step: int, row: dict):
     if jax.process_index() == 0:
-      msg = self.line(step, row)
-      logging.info(msg)
-      print(msg, file=sys.stderr, flush=True)
+      print(self.line(step, row), flush=True)
+
+  @staticmethod
+  def eval_line(step: int, row: dict) -> str:
+    """'eval step 100: heldout r1_i2t 0.301 r1_t2i 0.34 (2s) | fidelity ...' on one line:
+    per evaluator its HEADLINE metrics (else its first 6 numbers), and its time. Counts,
+    chance levels and reference rows stay in metrics.jsonl."""
+    groups: dict = {}
+    for k, v in row.items():
+      name, _, key = k.partition("/")
+      groups.setdefault(name, {})[key] = v
+    parts = []
+    for name, vals in groups.items():
+      sec = vals.pop("seconds", None)
+      nums = {k: v for k, v in vals.items() if isinstance(v, (int, float))
+              and not any(x in k for x in ("chance", "num_", "seconds", "real/"))}
+      head = {k: v for k, v in nums.items() if k.rsplit("/", 1)[-1] in HEADLINE}
+      shown = [f"{k} {v:.3g}" for k, v in list((head or nums).items())[:8]]
+      parts.append(f"{name} " + " ".join(shown)
+                   + (f" ({_duration(sec)})" if isinstance(sec, (int, float)) else ""))
+    return f"eval step {step}: " + " | ".join(parts)
+
+  def print_eval(self, step: int, row: dict):
+    if jax.process_index() == 0:
+      print(self.eval_line(step, row), flush=True)

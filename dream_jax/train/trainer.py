@@ -23,7 +23,6 @@ Order of events in `train(config, workdir)`:
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -114,6 +113,7 @@ class Trainer:
     are missing (final ones included) and writes W/done.json when the run is complete.
     """
     config = self.config
+    t_run = time.perf_counter()
     workdir = os.path.abspath(workdir)
     changed = workdir_lib.check_config(config, workdir,
                                        allow_config_change=allow_config_change)
@@ -137,6 +137,8 @@ class Trainer:
             f"{ckpt.directory} has step {latest} > config.total_steps={total}; nothing was "
             "written")
       state, data_state = ckpt.restore(latest, self.abstract_state())
+      if jax.process_index() == 0:
+        print(f"resumed from {ckpt.directory}/{latest}", flush=True)
     else:
       state = self.fresh_state()
       if config.ckpt.init_from:
@@ -174,10 +176,7 @@ class Trainer:
         rows[f"{name}/seconds"] = time.perf_counter() - t0
       if rows:
         r = writer.write(step, rows)
-        logging.info("eval step %d: %s", step, json.dumps(r))
-        print(f"eval step {step}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float)
-                                                 else f"{k} {v}" for k, v in r.items()),
-              flush=True)
+        progress.print_eval(step, r)
         last_row.update(r)
 
     sample_every = int(config.sampling.every)
@@ -195,9 +194,9 @@ class Trainer:
       with jax.set_mesh(self.mesh):
         out = fn(variables, None, prompts, jax.random.key(int(config.seed)))
       if jax.process_index() == 0:
-        from dream_jax.sampling import images as image_lib
-        _save_png_atomic(image_lib, image_lib.make_grid(np.asarray(out["images"])),
-                         samples_path(step))
+        from dream_jax.utils import images as image_lib
+        _save_png_atomic(image_lib, image_lib.captioned_grid(np.asarray(out["images"]), prompts,
+                                                             ncol=4), samples_path(step))
 
     def after_checkpoint(step, only_missing=False):
       """The evaluations and samples of `step` (all of them at the end of the run)."""
@@ -213,7 +212,8 @@ class Trainer:
 
     try:
       if first_step == 0:
-        run_evals(0, final=total == 0)
+        with progress.paused():
+          run_evals(0, final=total == 0)
       elif first_step == total or (sample_every and first_step % sample_every == 0) or any(
           _eval_due(first_step, False, e, a) for _, e, a in evaluators.values()):
         missing = _missing_evals(metrics_lib.read_metrics(workdir), first_step, evaluators)
@@ -252,10 +252,12 @@ class Trainer:
           if (config.ckpt.every and step % config.ckpt.every == 0) or is_last:
             if not bool(m["finite"]):     # never checkpoint a non-finite state
               raise self._nonfinite(step, ckpt)
-            ckpt.save(step, state, it.get_state(), extra_meta=dict(total_steps=total))
+            with progress.paused():   # the ETA counts step time only
+              ckpt.save(step, state, it.get_state(), extra_meta=dict(total_steps=total))
           if is_last or any(every and step % every == 0 for _, every, _ in evaluators.values()) \
               or (sample_every and step % sample_every == 0):
-            after_checkpoint(step)
+            with progress.paused():
+              after_checkpoint(step)
     except BaseException:
       # A crash (an evaluator, the data, Ctrl-C) must not lose the checkpoint being written:
       # finish the in-flight save before the exception ends the process.
@@ -267,6 +269,9 @@ class Trainer:
     _print_skips(train_data)
     writer.close()
     self.final_state = state
+    if jax.process_index() == 0:
+      from dream_jax.train import summary
+      summary.finish(workdir, progress, time.perf_counter() - t_run, ckpt.directory)
     return last_row
 
   def _checkpointer(self, workdir: str) -> ckpt_lib.Checkpointer:
