@@ -130,7 +130,14 @@ def base_config() -> ConfigDict:
   c.model.encoder_path = "drop"
   c.model.encoder_buckets = 4     # static lengths the visible count is rounded up to
   c.model.diffusion_buckets = 4   # static row counts for the head's counting tokens
-  c.model.remat = False           # gradient checkpointing of transformer blocks
+  # Rematerialisation of transformer blocks (jax.checkpoint policies): 'none' | 'dots' (keep
+  # the Dense outputs, recompute norms/GELU/attention maps) | 'full' (keep only block inputs).
+  # Older configs stored a bool: True = 'full', False = 'none'.
+  c.model.remat = "none"
+  # nn.scan over identical blocks (encoder, aligner, decoder, text towers): XLA compiles each
+  # stack's block once. Parameters are then stacked per stack (models/layers.py
+  # scan_params / unscan_params convert; checkpoints of the other layout load converted).
+  c.model.scan_layers = False
 
   # -------------------------------------------------------------- tokenizer
   c.tokenizer = ConfigDict()

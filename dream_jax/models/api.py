@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dream_jax.diffusion import gaussian
+from dream_jax.models import layers
 from dream_jax.models.dream import DREAM, ModelSpec, spec_from_config
 from dream_jax.tokenizers.base import first_eot_position
 
@@ -216,28 +217,41 @@ class DreamModel:
     num_t = self.train_diffusion.num_timesteps
     if not 0 <= t_min < num_t:
       raise ValueError(f"t_min must be in [0, {num_t}), got {t_min}")
-    w = weights.reshape(n)
+    # Rows are selected within G groups of whole samples, G = the batch shards of the mesh
+    # in scope (1 without one): each device gathers its own counting rows, so the head's
+    # rows stay on the device that holds them (no all-to-all). Same loss as G = 1: every
+    # counting row is in its group's bucket; only the summation order differs.
+    g = layers.batch_shards(b)
+    ng = n // g
+    w = weights.reshape(g, ng)
     k_t, k_n = jax.random.split(rng)
     t = jax.random.randint(k_t, (mul, n), t_min, num_t)
     noise = jax.random.normal(k_n, (mul, n, c), jnp.float32)
-    zf, xf = z.reshape(n, -1), target.reshape(n, c).astype(jnp.float32)
+    t = t.reshape(mul, g, ng).swapaxes(0, 1)                        # [G, mul, ng]
+    noise = noise.reshape(mul, g, ng, c).swapaxes(0, 1)             # [G, mul, ng, C]
+    zf, xf = z.reshape(g, ng, -1), target.reshape(g, ng, c).astype(jnp.float32)
 
     def run(k, w, zf, xf, t, noise):
-      rows = jnp.argsort(w <= 0, stable=True)[:k]          # counting rows first
-      rz, rx = zf[rows], xf[rows]
-      rt, rn = t[:, rows].reshape(-1), noise[:, rows].reshape(-1, c)
-      rz, rx = jnp.tile(rz, (mul, 1)), jnp.tile(rx, (mul, 1))
+      rows = jnp.argsort(w <= 0, axis=1, stable=True)[:, :k]        # [G, k] counting first
+      take = lambda a: jnp.take_along_axis(a, rows[..., None], axis=1)
+      rz, rx = take(zf), take(xf)                                    # [G, k, .]
+      rt = jnp.take_along_axis(t, rows[:, None], axis=2)             # [G, mul, k]
+      rn = jnp.take_along_axis(noise, rows[:, None, :, None], axis=2)
+      tile = lambda a: jnp.broadcast_to(a[:, None], (g, mul) + a.shape[1:])
+      flat = lambda a: layers.constrain_batch(a.reshape((g * mul * k,) + a.shape[3:]))
+      rz, rx = flat(tile(rz)), flat(tile(rx))
+      rt, rn = flat(rt), flat(rn)
       x_t = self.train_diffusion.q_sample(rx, rt, rn)
       out = self.diffusion_net(variables, x_t, self.train_diffusion.model_timesteps(rt), rz)
       terms = self.train_diffusion.training_losses(out, rx, x_t, rt, rn)
-      per_row = terms["loss"].reshape(mul, k).mean(0)
-      rw = w[rows]
+      per_row = terms["loss"].reshape(g, mul, k).mean(1)            # [G, k]
+      rw = jnp.take_along_axis(w, rows, axis=1)
       per_row = jnp.where(rw > 0, per_row, 0.0)
-      full = jnp.zeros((n,), jnp.float32).at[rows].add(per_row)
+      full = jnp.zeros((g, ng), jnp.float32).at[jnp.arange(g)[:, None], rows].add(per_row)
       return (rw * per_row).sum(), full
 
-    sizes = bucket_sizes(n, self.diffusion_buckets)
-    loss, per_tok = bucketed((w > 0).sum(), sizes, run, w, zf, xf, t, noise)
+    sizes = bucket_sizes(ng, self.diffusion_buckets)
+    loss, per_tok = bucketed((w > 0).sum(1).max(), sizes, run, w, zf, xf, t, noise)
     return loss, per_tok.reshape(b, l)
 
   def token_regression_loss(self, variables, z, target, weights):

@@ -50,3 +50,14 @@ class Components:
     """{'vae': ..., 'text': ...}; fixed keys, so tiny random stand-ins are reproducible."""
     return dict(vae=self.image_tokens.init_frozen(jax.random.key(0)),
                 text=self.frozen_cond.init_frozen(jax.random.key(1)))
+
+  def frozen_shapes(self) -> dict:
+    """ShapeDtypeStructs of `init_frozen()` without loading or allocating anything (the
+    random initialiser under `jax.eval_shape`: same architecture, so same tree as the
+    loaded weights). Used to compile for devices that cannot run (AOT)."""
+    def random_init():
+      vae = self.image_tokens.vae
+      enc = self.frozen_cond.encoder
+      return dict(vae={} if vae is None else vae.init_params(jax.random.key(0)),
+                  text={} if enc is None else enc.init_params(jax.random.key(1)))
+    return jax.eval_shape(random_init)

@@ -61,6 +61,23 @@ def tree_shardings(mesh, shapes):
   return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), fsdp)), shapes)
 
 
+def is_compile_only(mesh) -> bool:
+  """True for meshes over devices this process cannot run on, e.g. the TPU topology
+  devices of `jax.experimental.topologies` used for ahead-of-time compiles on a CPU host."""
+  local = set(jax.devices())
+  return any(d not in local for d in mesh.devices.flat)
+
+
+def abstract(tree, sharding_or_tree):
+  """Pytree of arrays / ShapeDtypeStructs -> ShapeDtypeStructs carrying shardings (one
+  sharding for every leaf, or a matching pytree of them)."""
+  if isinstance(sharding_or_tree, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                       sharding=sharding_or_tree), tree)
+  return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh),
+                      tree, sharding_or_tree)
+
+
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -71,8 +71,15 @@ class Trainer:
     self.mesh = sharding.make_mesh(config, devices)
     self.components = Components(config)
     self.tx = optim.make_optimizer(config)
-    with jax.set_mesh(self.mesh):
-      self.frozen = jax.device_put(self.components.init_frozen(), sharding.replicated(self.mesh))
+    if sharding.is_compile_only(self.mesh):
+      # AOT (dream_jax.tools.aot): compile-only devices run nothing, so the frozen params
+      # are shapes with shardings; `train_step.trace(...)` accepts them like arrays.
+      self.frozen = sharding.abstract(self.components.frozen_shapes(),
+                                      sharding.replicated(self.mesh))
+    else:
+      with jax.set_mesh(self.mesh):
+        self.frozen = jax.device_put(self.components.init_frozen(),
+                                     sharding.replicated(self.mesh))
     init = lambda: init_state(self.components, self.tx, int(config.seed))
     self.state_shapes = jax.eval_shape(init)
     self.state_sharding = sharding.tree_shardings(self.mesh, self.state_shapes)
