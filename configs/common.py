@@ -272,6 +272,12 @@ def base_config() -> ConfigDict:
   c.mesh = ConfigDict()
   c.mesh.data = -1                     # -1: all devices not used by fsdp
   c.mesh.fsdp = 1
+  # Parameter sharding (big_vision style): (regex, spec) pairs, the first whose regex
+  # re.search-es a state leaf's path ('/params/decoder_blocks_3/mlp/fc1/kernel', also
+  # '/ema_params/...' and '/opt_state/.../mu/...') wins. spec: 'fsdp' = split the largest
+  # dim divisible by mesh.fsdp (arrays >= 4096 elements; never the layer axis of scanned
+  # stacks), 'replicate', or a tuple per dim, e.g. (None, 'fsdp'). Default: 'fsdp' for all.
+  c.mesh.param_rules = ((".*", "fsdp"),)
 
   # ------------------------------------------------------------------- ckpt
   c.ckpt = ConfigDict()

@@ -82,7 +82,8 @@ class Trainer:
                                      sharding.replicated(self.mesh))
     init = lambda: init_state(self.components, self.tx, int(config.seed))
     self.state_shapes = jax.eval_shape(init)
-    self.state_sharding = sharding.tree_shardings(self.mesh, self.state_shapes)
+    self.state_sharding = sharding.tree_shardings(self.mesh, self.state_shapes,
+                                                  config.mesh.param_rules)
     self._init = jax.jit(init, out_shardings=self.state_sharding)
     self.train_step = jax.jit(
         make_train_step(config, self.components.objective, self.tx),
