@@ -12,7 +12,7 @@ Printed: examples/s per host for each, after one warm-up batch.
 
 What a DREAM-B/16 step consumes per host (the arithmetic, also printed):
   flops_per_example = 1.97e12 / 4 ~ 4.9e11 (fwd+bwd of the official B/16 step, batch 4;
-                      shared/PERF_ANCHOR.md), + ~2.7e11 for the SD-VAE encoder at 256 px
+                      docs/PERF_ANCHOR.md), + ~2.7e11 for the SD-VAE encoder at 256 px
                       when images are raw (fwd only; none with cached latents);
   examples/s/chip   = chip_flops * MFU / flops_per_example;
   examples/s/host   = chips_per_host * examples/s/chip.
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from configs.common import base_config  # noqa: E402
 
-B16_FLOPS_PER_EXAMPLE = 1.97e12 / 4   # official B/16 training step, batch 4 (PERF_ANCHOR)
+B16_FLOPS_PER_EXAMPLE = 1.97e12 / 4   # official B/16 training step, batch 4 (docs/PERF_ANCHOR.md)
 VAE_ENC_FLOPS_256 = 2.7e11            # SD-VAE encoder forward at 256x256 (approximate)
 WORDS = ("a photo of the red blue small large dog cat house tree city street beach "
          "mountain person car sunset over with in on near old new view night").split()

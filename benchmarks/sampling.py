@@ -1,4 +1,4 @@
-"""Sampling benchmark against the official PyTorch DREAM (PERF_ANCHOR.md).
+"""Sampling benchmark against the official PyTorch DREAM (docs/PERF_ANCHOR.md).
 
   python benchmarks/sampling.py --shapes=anchor     # 16 images, 16 steps, 50 diffusion steps
   python benchmarks/sampling.py --shapes=b16        # 2 images, 64 steps, 100 diffusion steps (slow on CPU)
@@ -45,7 +45,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-OFFICIAL_S = {  # PERF_ANCHOR.md (2-vCPU EPYC, torch CPU, fp32)
+OFFICIAL_S = {  # docs/PERF_ANCHOR.md (2-vCPU EPYC, torch CPU, fp32)
     "anchor": dict(plain=6.73, sad=10.47, best_of_k=26.9),
     "b16": dict(plain=243.0, sad=float("nan"), best_of_k=float("nan")),
 }
@@ -72,9 +72,9 @@ def config_for(shapes: str):
       from configs import common
       c = common.base_config()
       c.model.update(width=256, depth=4, heads=4, dec_width=256, dec_depth=4, dec_heads=4,
-                     buffer_size=16, aligner_depth=2, diff_depth=3, diff_width=256,
-                     num_sampling_steps="50")
-      c.tokenizer.update(image_size=128, tiny_random=True)
+                     buffer_size=16, aligner_depth=2, diff_depth=3, diff_width=256)
+      c.tokenizer.update(tiny_random=True)
+      c.data.image_size = 128
       c.text.update(width=256, layers=4, heads=4, tiny_random=True, cond_len=32)
       c.masking.group_size = 32
       c.batch_size = 32
@@ -122,8 +122,8 @@ def padding_report(dec) -> dict:
 
 
 def bench(shapes: str, modes, reps: int, enc_b=None, head_b=None) -> dict:
-  from dream_jax.models.api import DreamModel
-  from dream_jax.objective import DreamObjective
+  from dream_jax.train.components import build_model
+  from dream_jax.conditioning import Conditioning
   from dream_jax.sampling import mar, sad
   c = config_for(shapes)
   if enc_b is not None:
@@ -131,21 +131,21 @@ def bench(shapes: str, modes, reps: int, enc_b=None, head_b=None) -> dict:
   if head_b is not None:
     c.model.diffusion_buckets = head_b
   s = SHAPES[shapes]
-  model = DreamModel(c)
+  model = build_model(c)
   t0 = time.perf_counter()
   variables = jax.jit(model.init)(jax.random.key(0))
   jax.block_until_ready(variables)
   t_init = time.perf_counter() - t0
   np_rng = np.random.default_rng(0)
   batch, uncond = inputs(c, s["prompts"], np_rng)
-  obj = DreamObjective(model, c, eot_id=49407, uncond=uncond, image_tokens=TokensOnly())
+  text = Conditioning(model, eot_id=49407, empty=uncond, caption_drop=0.0)
+  fns = mar.TextFns(condition=lambda v, f, b: text.condition(v, f, b),
+                    embed=text.text_embedding, detokenize=TokensOnly().from_tokens)
   dec = mar.MarDecoder(model, mar.options_from_config(c))
   progs = dict(
-      plain=functools.partial(mar.decode_plain, dec, obj, TokensOnly()),
-      sad=functools.partial(sad.decode_sad, dec, obj, TokensOnly(), num_candidates=s["k"],
-                            sad_step=s["t"]),
-      best_of_k=functools.partial(sad.decode_best_of_k, dec, obj, TokensOnly(),
-                                  num_candidates=s["k"]))
+      plain=functools.partial(mar.decode_plain, dec, fns),
+      sad=functools.partial(sad.decode_sad, dec, fns, num_candidates=s["k"], sad_step=s["t"]),
+      best_of_k=functools.partial(sad.decode_best_of_k, dec, fns, num_candidates=s["k"]))
   args = (variables, {}, batch, uncond, jax.random.key(1), jnp.float32(1.0), jnp.float32(3.0))
   out = dict(shapes=shapes, images=s["prompts"], steps=s["steps"],
              diffusion_steps=s["diffusion"], K=s["k"], T=s["t"], init_s=round(t_init, 2),

@@ -1,4 +1,4 @@
-"""Training-step benchmark against the official PyTorch DREAM (PERF_ANCHOR.md).
+"""Training-step benchmark against the official PyTorch DREAM (docs/PERF_ANCHOR.md).
 
   python benchmarks/train_step.py --shapes=anchor      # configs/anchor_demo.py, batch 32
   python benchmarks/train_step.py --shapes=b16         # DREAM-B/16 shapes, batch 4 (~1 min compile on CPU)
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-OFFICIAL_STEP_S = {"anchor": 2.14, "b16": 14.1, "demo": float("nan")}          # PERF_ANCHOR.md, 2-vCPU, fp32
+OFFICIAL_STEP_S = {"anchor": 2.14, "b16": 14.1, "demo": float("nan")}          # docs/PERF_ANCHOR.md, 2-vCPU, fp32
 OFFICIAL_GFLOP = {"anchor": 215.0, "b16": 1970.0, "demo": float("nan")}
 PEAK_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5e": 197, "TPU v5p": 459,
                "TPU v6 lite": 918, "H100": 989, "H200": 989, "A100": 312, "L4": 121}
@@ -48,8 +48,8 @@ def config_for(shapes: str):
 
 
 def synthetic_batch(config, rng: np.random.Generator) -> dict:
-  from configs.common import derived
-  b, d, t = config.batch_size, derived(config), config.text
+  from dream_jax.models.patchify import token_layout
+  b, d, t = config.batch_size, token_layout(config.tokenizer, config.data.image_size), config.text
   ls, ch = d["latent_size"], d["channels"]
   clip = t.tokenizer == "clip_bpe"
   ids = rng.integers(4, min(t.vocab_size, 49406), (b, t.context_length)).astype(np.int32)
@@ -77,8 +77,8 @@ def _layer(tokens, width, mlp, ctx=0, ctx_width=0):
 
 def analytic_flops(config) -> float:
   """Forward+backward FLOPs (3 x forward matmuls) of one step at the configured fixed ratio."""
-  from configs.common import derived
-  m, t, d = config.model, config.text, derived(config)
+  from dream_jax.models.patchify import token_layout
+  m, t, d = config.model, config.text, token_layout(config.tokenizer, config.data.image_size)
   b, l, c = config.batch_size, d["seq_len"], d["token_dim"]
   r = config.masking.fixed_ratio if config.masking.kind == "fixed" else 0.5
   masked = int(np.ceil(l * r))

@@ -1,4 +1,4 @@
-"""The anchor demo shapes of PERF_ANCHOR.md (what the official PyTorch DREAM was timed on).
+"""The anchor demo shapes of docs/PERF_ANCHOR.md (what the official PyTorch DREAM was timed on).
 
   python benchmarks/train_step.py --shapes=anchor          # step time vs the official 2.14 s
   python main.py --config=configs/anchor_demo.py --workdir=W   # trains (tiny random VAE / T5)
@@ -24,8 +24,8 @@ def get_config(arg=None):
   c.model.update(width=256, depth=4, heads=4, dec_width=256, dec_depth=4, dec_heads=4,
                  mlp_dim=None, mlp_ratio=4.0, buffer_size=16, embed_dim=256, proj_hidden=1024,
                  aligner_depth=2, diff_depth=3, diff_width=256, diffusion_batch_mul=4,
-                 num_sampling_steps="50", attn_dropout=0.1, proj_dropout=0.1)
-  c.tokenizer.update(kind="vae", image_size=128, patch_size=2, tiny_random=True)
+                 attn_dropout=0.1, proj_dropout=0.1)
+  c.tokenizer.update(kind="vae", patch_size=2, tiny_random=True)
   c.text.update(tokenizer="clip_bpe", context_length=77, vocab_size=49408, width=256,
                 layers=4, heads=4, cond_encoder="t5", tiny_random=True, cond_len=32,
                 cond_dim=1024)

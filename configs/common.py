@@ -19,6 +19,18 @@ Areas (one `ConfigDict` each):
   ckpt       checkpoint cadence and retention
   evals      evaluators, by name
 
+Non-paper options (small runs such as configs/demo.py; every one is off / neutral in the
+paper configs, so the published recipe is unchanged; each key stays in its area):
+  model.diffusion_prediction / diffusion_loss_space   'x0' + 'v'|'x0' instead of eps / eps
+  model.logit_scale_max          clamp of the CLIP logit scale (None: unclamped, paper)
+  model.mask_text_padding        decoder / aligner ignore padded text keys (paper: attend)
+  tokenizer.pixel_shift / pixel_scale   centring of identity pixel tokens (0 / 1)
+  loss.w_token_regression        linear z -> token readout MSE weight (0: off, no params)
+  optim.head_lr_mult             learning-rate multiplier of the diffusion head (1)
+  optim.decay_logit_scale / decay_embeddings   weight-decay exemptions (paper: decayed)
+  ema.warmup                     decay min(decay, (1+t)/(10+t)) (paper: plain decay)
+  sampling.clip_denoised         clip the predicted x0 to [-c, c] (None: never, paper)
+
 Units: every schedule boundary is a FRACTION OF `total_steps` (the paper's epochs / 48), so a
 config keeps its shape when `--config.total_steps` changes.
 
@@ -124,7 +136,6 @@ def base_config() -> ConfigDict:
   # predict eps with an eps MSE. 'x0' + 'v' is an option for small pixel-token runs (README).
   c.model.diffusion_prediction = "eps"     # 'eps' (paper) | 'x0'
   c.model.diffusion_loss_space = "eps"     # 'eps' (paper) | 'v' | 'x0'
-  c.model.num_sampling_steps = "100"       # respaced steps for sampling (space_timesteps spec)
   # Encoder path: 'drop' = MAE token dropping with bucketed visible count (less compute),
   # 'masked' = full length with an attention mask. Same results on the same visible set.
   c.model.encoder_path = "drop"
@@ -142,7 +153,6 @@ def base_config() -> ConfigDict:
   # -------------------------------------------------------------- tokenizer
   c.tokenizer = ConfigDict()
   c.tokenizer.kind = "vae"        # 'vae' (SD KL-VAE latents, paper) | 'identity' (pixels)
-  c.tokenizer.image_size = 256
   c.tokenizer.patch_size = 2      # patchify on the latent grid (paper)
   c.tokenizer.vae_path = ""       # local diffusers dir of sd-vae-ft-ema (converted or raw)
   c.tokenizer.vae_stride = 8
@@ -160,7 +170,7 @@ def base_config() -> ConfigDict:
   # ------------------------------------------------------------------- text
   c.text = ConfigDict()
   c.text.tokenizer = "clip_bpe"   # 'clip_bpe' (OpenAI CLIP ids) | 'word' (fixed vocabulary)
-  c.text.word_vocab = ()          # vocabulary of the word tokenizer
+  c.text.word_vocab = ()          # word tokenizer vocabulary; () = the data source's own
   c.text.context_length = 77
   c.text.vocab_size = 49408
   c.text.width = 512              # CLIP text tower trained from scratch (paper)
@@ -219,6 +229,7 @@ def base_config() -> ConfigDict:
   c.optim.lr = None                    # absolute lr; overrides base_lr scaling when set
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
+  c.optim.eps = 1e-8                   # Adam epsilon (torch AdamW default, as the reference)
   c.optim.weight_decay = 0.04
   c.optim.grad_clip = 3.0
   c.optim.head_lr_mult = 1.0           # lr multiplier of the diffusion head (paper: none)
@@ -235,9 +246,8 @@ def base_config() -> ConfigDict:
   # ------------------------------------------------------------------- data
   c.data = ConfigDict()
   c.data.name = "shapes"             # 'shapes'|'mnist'|'tfds'|'wds'|'folder'|'cache' (dream_jax/data)
-  c.data.image_size = 256
+  c.data.image_size = 256              # image side in pixels (the tokenizer's input too; paper)
   c.data.num_workers = 2               # grain read threads
-  c.data.shuffle_buffer = 10_000
   c.data.random_flip = True
   c.data.path = ""                     # wds: shard pattern(s), glob/{000..099}/fsspec URL, ';'-separated;
                                        # folder: image dir; tfds: data_dir ('' = TFDS_DATA_DIR); cache: dir
@@ -257,7 +267,7 @@ def base_config() -> ConfigDict:
   # --------------------------------------------------------------- sampling
   c.sampling = ConfigDict()
   c.sampling.num_steps = 64            # MAR decoding steps (paper)
-  c.sampling.num_diffusion_steps = "100"
+  c.sampling.num_diffusion_steps = "100"   # respaced head steps (space_timesteps spec; MAR 100)
   c.sampling.cfg = 3.0
   c.sampling.cfg_schedule = "linear"   # 'linear' (grows with revealed share) | 'constant'
   c.sampling.temperature = 1.0
@@ -340,12 +350,12 @@ def runlocal(c: ConfigDict) -> None:
   c.model.update(width=32, depth=1, heads=2, dec_width=32, dec_depth=1, dec_heads=2,
                  mlp_dim=None, buffer_size=4, embed_dim=16, proj_hidden=32,
                  aligner_depth=1, diff_depth=1, diff_width=32, diffusion_batch_mul=2,
-                 num_sampling_steps="10", encoder_buckets=2, diffusion_buckets=2)
-  c.tokenizer.update(image_size=32, tiny_random=True)
+                 encoder_buckets=2, diffusion_buckets=2)
+  c.tokenizer.update(tiny_random=True)
   use_shapes_vocab(c, context_length=16)
   c.text.update(width=32, layers=1, heads=2, tiny_random=True, cond_len=16, cond_dim=32)
   c.masking.group_size = 4
-  c.data.update(name="shapes", image_size=32, num_workers=1, shuffle_buffer=64, eval_size=16)
+  c.data.update(name="shapes", image_size=32, num_workers=1, eval_size=16)
   c.sampling.update(num_steps=4, num_diffusion_steps="5", sad_candidates=2, sad_step=2)
   c.ckpt.update(every=2, keep=2)
 
@@ -363,12 +373,17 @@ def load_config_file(spec: str) -> ConfigDict:
   return module.get_config(arg or None)
 
 
+# Ids of the word tokenizer over the shapes captions: len(dream_jax.data.shapes.VOCAB) words
+# + pad, unk, sot, eot (a test checks it; configs import nothing of dream_jax).
+SHAPES_VOCAB_SIZE = 42
+
+
 def use_shapes_vocab(c: ConfigDict, context_length: int) -> None:
-  """Word tokenizer over the shapes dataset's caption vocabulary (no vocab file needed)."""
-  from dream_jax.data.shapes import VOCAB
+  """Word tokenizer over the shapes dataset's caption vocabulary (no vocab file needed):
+  an empty `text.word_vocab` is the data source's own vocabulary (`data.text_tokenizer`)."""
   c.text.tokenizer = "word"
-  c.text.word_vocab = tuple(VOCAB)
-  c.text.vocab_size = len(VOCAB) + 4  # + pad, unk, sot, eot (WordTokenizer)
+  c.text.word_vocab = ()
+  c.text.vocab_size = SHAPES_VOCAB_SIZE
   c.text.context_length = context_length
 
 
@@ -376,19 +391,6 @@ def finalize(c: ConfigDict) -> ConfigDict:
   """Derives dependent values and validates; errors name the offending key."""
   validate(c)
   return c
-
-
-def derived(c: ConfigDict) -> dict:
-  """Sizes implied by the tokenizer: grid, number of tokens, token dim."""
-  t = c.tokenizer
-  stride = t.vae_stride if t.kind == "vae" else 1
-  channels = t.latent_channels if t.kind == "vae" else 3
-  if t.image_size % (stride * t.patch_size):
-    raise ValueError(f"tokenizer.image_size={t.image_size} must be divisible by "
-                     f"vae_stride*patch_size={stride * t.patch_size}")
-  grid = t.image_size // stride // t.patch_size
-  return dict(grid=grid, seq_len=grid * grid, token_dim=channels * t.patch_size ** 2,
-              latent_size=t.image_size // stride, channels=channels)
 
 
 def validate(c: ConfigDict) -> None:
@@ -448,4 +450,7 @@ def validate(c: ConfigDict) -> None:
     need(0.0 < c.sampling.sad_share < 1.0, "sampling.sad_share", "must be in (0, 1)")
   need(c.sampling.cfg_schedule in ("linear", "constant"), "sampling.cfg_schedule",
        "'linear' or 'constant'")
-  derived(c)
+  t, size = c.tokenizer, c.data.image_size
+  stride = t.vae_stride if t.kind == "vae" else 1
+  need(size % (stride * t.patch_size) == 0, "data.image_size",
+       f"{size} must be divisible by tokenizer.vae_stride*patch_size={stride * t.patch_size}")

@@ -7,7 +7,7 @@ Reaches (measured, README): held-out retrieval R@1 ~0.35 against a ~1/256 chance
 generation colour accuracy 0.41 (plain and SAD) against a chance level of 0.11, the named
 grid cell 0.39 against 0.016.
 
-What differs from the paper recipe, on purpose (DESIGN.md section 2, "small runs"):
+What differs from the paper recipe, on purpose (docs/DESIGN.md section 2, "small runs"):
   * pixels cut into 4x4 patches (identity tokenizer, 32 px -> 64 tokens of dim 48) instead
     of SD-VAE latents; a word tokenizer over the dataset's vocabulary; the CLIP text tower's
     token features as the generation condition (no pretrained T5);
@@ -52,11 +52,11 @@ def get_config(arg=None):
   c.model.update(width=128, depth=2, heads=4, dec_width=128, dec_depth=2, dec_heads=4,
                  mlp_dim=None, buffer_size=4, embed_dim=64, proj_hidden=256,
                  aligner_depth=1, diff_depth=2, diff_width=128, diffusion_batch_mul=2,
-                 num_sampling_steps="50", encoder_buckets=2, diffusion_buckets=2,
+                 encoder_buckets=2, diffusion_buckets=2,
                  attn_dropout=0.0, proj_dropout=0.0, noise_schedule="linear")
   # Centred pixel tokens: the images are ~93% black, so black -> -0.07 (paper: VAE latents,
   # already centred by their shift factor). Tokens lie in [-0.07, 1.93].
-  c.tokenizer.update(kind="identity", image_size=32, patch_size=4, pixel_shift=-0.93)
+  c.tokenizer.update(kind="identity", patch_size=4, pixel_shift=-0.93)
   common.use_shapes_vocab(c, context_length=16)
   c.text.update(width=128, layers=2, heads=4, cond_encoder="clip_tower")
 
@@ -69,8 +69,7 @@ def get_config(arg=None):
   c.loss.w_token_regression = 100.0
   c.ema.update(decay=0.999, warmup=True)
 
-  c.data.update(name="shapes", image_size=32, num_workers=2, shuffle_buffer=1024,
-                eval_size=256)
+  c.data.update(name="shapes", image_size=32, num_workers=2, eval_size=256)
   # Pixel tokens are bounded: clip the predicted x0 to [-2, 2], which covers the shifted
   # range (improved-DDPM clip_denoised). The reference never clips (VAE latents); a head
   # trained for minutes predicts eps at t=999 only to ~0.07, which the unclipped first step

@@ -7,7 +7,7 @@ CPU smoke run (tiny random VAE/T5 stand-ins, shapes data, a few steps):
   python main.py --config=configs/dream_b16.py:runlocal --workdir=/tmp/dream_b16
 
 Arguments (comma separated): recipe=dream|fluid|clip|nowarmup, runlocal.
-Paper FID (CC12M, 50k samples): see DESIGN.md section 4 for the published numbers by size.
+Paper FID (CC12M, 50k samples): see docs/DESIGN.md section 4 for the published numbers by size.
 """
 from configs import common
 

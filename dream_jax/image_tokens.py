@@ -7,7 +7,7 @@
              counterpart of a VAE's shift and scaling factors (0 and 1 unless a config sets
              them).
 
-`ImageTokens.to_tokens(frozen, batch, rng)` runs INSIDE the jitted step (DESIGN.md section 6:
+`ImageTokens.to_tokens(frozen, batch, rng)` runs INSIDE the jitted step (docs/DESIGN.md section 6:
 pipelines only decode/crop/flip; VAE sampling happens on device). It accepts either raw
 `image` [B,H,W,3] in [-1,1] or cached `latent_moments` [B,2,h,w,c] (mean, logvar).
 """
@@ -16,17 +16,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dream_jax.models.patchify import patchify, unpatchify
+from dream_jax.models.patchify import patchify, token_layout, unpatchify
 
 
 class ImageTokens:
   """Tokenizer of a config: `to_tokens`, `from_tokens`, and its frozen parameters."""
 
   def __init__(self, config):
-    from configs.common import derived
     self.cfg = config.tokenizer
     self.kind = self.cfg.kind
-    d = derived(config)
+    d = token_layout(self.cfg, config.data.image_size)
     self.patch, self.grid, self.channels = self.cfg.patch_size, d["grid"], d["channels"]
     self.vae = None
     if self.kind == "vae":

@@ -1,4 +1,4 @@
-"""DREAM's loss reductions (DESIGN.md section 2), written to match the official code.
+"""DREAM's loss reductions (docs/DESIGN.md section 2), written to match the official code.
 
   L = w_diffusion * L_diffusion + w_contrastive * L_contrastive   (paper: 1.0, 0.005)
 

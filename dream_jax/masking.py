@@ -1,4 +1,5 @@
-"""Masking for DREAM: random orders, mask ratios and the Masking Warmup centre.
+"""Masking for DREAM: random orders and mask ratios (the Masking Warmup centre is a schedule,
+train/schedule.py).
 
 Every function is pure and jittable; randomness comes from explicit `jax.random` keys (the
 trainer folds the step into its 'mask' stream).
@@ -62,24 +63,6 @@ def truncated_normal_mean(mean, std, lo, hi):
   phi = lambda x: jnp.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
   z = ndtr(beta) - ndtr(alpha)
   return mean + std * (phi(alpha) - phi(beta)) / z
-
-
-def mask_ratio_center(progress, cfg):
-  """Masking Warmup centre mu as a function of training progress in [0, 1].
-
-  `progress` = step / total_steps. The centre moves from `center_start` to `center_end`
-  between the fractions `warmup_start` and `warmup_end` (paper: 0 -> 1 over epochs 0..36 of
-  48), linearly or along a half cosine, and stays at `center_end` afterwards.
-  """
-  span = max(cfg.warmup_end - cfg.warmup_start, 1e-12)
-  frac = jnp.clip((jnp.asarray(progress, jnp.float32) - cfg.warmup_start) / span, 0.0, 1.0)
-  if cfg.warmup_end <= cfg.warmup_start:
-    frac = jnp.where(progress >= cfg.warmup_start, 1.0, 0.0)
-  if cfg.shape == "cosine":
-    frac = 0.5 * (1 - jnp.cos(jnp.pi * frac))
-  elif cfg.shape != "linear":
-    raise ValueError(f"masking.shape must be 'linear' or 'cosine', got {cfg.shape!r}")
-  return cfg.center_start + (cfg.center_end - cfg.center_start) * frac
 
 
 def sample_ratios(rng, num: int, center, cfg):

@@ -1,6 +1,6 @@
 """The DREAM training objective: one pure function of (params, batch, rng, mask centre).
 
-Inside the jitted step, for a global batch (DESIGN.md sections 2 and 6):
+Inside the jitted step, for a global batch (docs/DESIGN.md sections 2 and 6):
   1. image -> tokens (identity patches, or the frozen VAE posterior sampled and scaled);
   2. Masking Warmup: one ratio per group ~ truncated N(centre, std), per-sample random order,
      first ceil(L r) positions masked;
@@ -14,12 +14,11 @@ Returns the weighted sum and metrics. Random streams are derived from one key by
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
 from dream_jax import losses, masking
+from dream_jax.conditioning import Conditioning
 from dream_jax.image_tokens import ImageTokens
 from dream_jax.models.api import DreamModel
 
@@ -32,90 +31,21 @@ def split_streams(rng):
   return {name: jax.random.fold_in(rng, i) for i, name in enumerate(STREAMS)}
 
 
-class FrozenCond:
-  """The frozen generation-condition encoder (t5 / minilm), or None for trainable ones."""
-
-  def __init__(self, config):
-    self.kind = config.text.cond_encoder
-    self.encoder = None
-    if self.kind in ("t5", "minilm"):
-      from dream_jax.pretrained.frozen import FrozenTextEncoder
-      self.encoder = FrozenTextEncoder(config.text)
-      self.tiny_random = config.text.tiny_random
-
-  def init_frozen(self, rng=None):
-    if self.encoder is None:
-      return {}
-    if self.tiny_random:
-      return self.encoder.init_params(rng if rng is not None else jax.random.key(1))
-    return self.encoder.load_params()
-
-  def tokenize(self, texts):
-    return self.encoder.tokenize(texts)
-
-  def features(self, frozen, ids, mask):
-    return jax.lax.stop_gradient(self.encoder.apply(frozen, ids, mask))
-
-
 class DreamObjective:
   """`loss_fn(params, batch_stats, frozen, batch, rng, mask_center)` for the trainer.
 
   Args (constructor):
-    model: DreamModel; config: the run config.
-    eot_id: the CLIP tokenizer's end-of-text id (pooling position).
-    uncond: the empty caption, tokenized like a batch of 1: {'clip_ids': [1,ctx],
-      'cond_ids': [1,Lc], 'cond_mask': [1,Lc]} (cond_* for frozen or 'small' encoders).
-  Frozen parameters: {'vae': ..., 'text': ...} (empty dicts when not used).
+    model: DreamModel; config: the run config (loss and masking sections are read).
+    conditioning: the run's `Conditioning` (caption dropout, empty caption, text tower).
+    image_tokens: images -> tokens.
+  Frozen parameters: {'vae': ..., 'text': ..., 'empty_cond'?} (see conditioning.py).
   """
 
-  def __init__(self, model: DreamModel, config, *, eot_id: int, uncond: dict,
-               image_tokens: Optional[ImageTokens] = None,
-               frozen_cond: Optional[FrozenCond] = None):
+  def __init__(self, model: DreamModel, config, *, conditioning: Conditioning,
+               image_tokens: ImageTokens):
     self.model, self.config = model, config
-    self.eot_id = eot_id
-    self.uncond = {k: jnp.asarray(v) for k, v in uncond.items()}
-    self.image_tokens = image_tokens or ImageTokens(config)
-    self.frozen_cond = frozen_cond or FrozenCond(config)
-
-  # ------------------------------------------------------------- condition
-  def cond_inputs(self, frozen, batch, drop=None):
-    """Generation-condition inputs (dict for `model.condition`), with caption dropout.
-
-    drop: [B] bool or None; dropped samples get the empty caption.
-    """
-    kind = self.model.spec.cond_encoder
-    sel = lambda a, u: a if drop is None else jnp.where(
-        drop.reshape((-1,) + (1,) * (a.ndim - 1)), u.astype(a.dtype), a)
-    if kind in ("t5", "minilm"):
-      if "cond_embeddings" in batch:
-        feats, mask = batch["cond_embeddings"].astype(jnp.float32), batch["cond_mask"]
-      else:
-        feats = self.frozen_cond.features(frozen.get("text"), batch["cond_ids"],
-                                          batch["cond_mask"])
-        mask = batch["cond_mask"]
-      if drop is not None:
-        u_feat = self.frozen_cond.features(frozen.get("text"), self.uncond["cond_ids"],
-                                           self.uncond["cond_mask"])
-        feats, mask = sel(feats, u_feat), sel(mask, self.uncond["cond_mask"])
-      return dict(features=feats, mask=mask)
-    if kind == "small":
-      ids = batch.get("cond_ids", batch["clip_ids"])
-      mask = batch.get("cond_mask", ids != 0)
-      return dict(ids=sel(ids, self.uncond["cond_ids"]), mask=sel(mask, self.uncond["cond_mask"]))
-    # clip_tower: ids of the CLIP tokenizer; features come from the tower itself.
-    ids = sel(batch["clip_ids"], self.uncond["clip_ids"])
-    return dict(ids=ids, mask=ids != 0)
-
-  def condition(self, params_vars, frozen, batch, *, drop=None, train=False, rng=None):
-    """(ctx [B,Lc,Ddec], ctx_mask [B,Lc])."""
-    cond = self.cond_inputs(frozen, batch, drop)
-    text_feats = None
-    if self.model.spec.cond_encoder == "clip_tower":
-      ids = cond.pop("ids")
-      _, text_feats = self.model.embed_text(params_vars, ids,
-                                            self.model.eot_positions(ids, self.eot_id))
-    ctx = self.model.condition(params_vars, cond, train=train, rng=rng, text_feats=text_feats)
-    return ctx, cond["mask"]
+    self.conditioning = conditioning
+    self.image_tokens = image_tokens
 
   # ------------------------------------------------------------------ loss
   def __call__(self, params, batch_stats, frozen, batch, rng, mask_center):
@@ -132,10 +62,11 @@ class DreamObjective:
                    mask_ratio=mask.mean(dtype=jnp.float32))
     total = jnp.zeros((), jnp.float32)
     new_stats = enc.batch_stats
+    text = self.conditioning
+    text_feats = None   # the tower's features of the true captions, shared with the condition
 
     if lc.w_contrastive > 0:
-      eot = model.eot_positions(batch["clip_ids"], self.eot_id)
-      txt, _ = model.embed_text(variables, batch["clip_ids"], eot)
+      txt, text_feats = text.embed_text(variables, batch["clip_ids"])
       contributes = losses.clip_contributes(mask, lc.clip_max_mask_ratio)
       valid = batch.get("valid")
       if valid is not None:
@@ -147,9 +78,9 @@ class DreamObjective:
                      negatives=jnp.asarray(b, jnp.float32))
 
     if lc.w_diffusion > 0:
-      drop = jax.random.bernoulli(k["caption_drop"], lc.caption_drop, (b,))
-      ctx, ctx_mask = self.condition(variables, frozen, batch, drop=drop, train=True,
-                                     rng=k["dropout_cond"])
+      drop = text.drop_mask(k["caption_drop"], b)
+      ctx, ctx_mask = text.condition(variables, frozen, batch, drop=drop, train=True,
+                                     rng=k["dropout_cond"], text_feats=text_feats)
       z = model.decode(variables, enc.hidden, enc.valid, ctx, ctx_mask, train=True,
                        rng=k["dropout_dec"])
       weights, gate = losses.diffusion_token_weights(mask, cfg.masking.group_size,

@@ -110,7 +110,8 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
   config, model, variables, frozen = (loader or default_loader)(args.workdir, args.step)
   from dream_jax.train.components import Components
   comp = Components(config)
-  sampler = sampling.Sampler(model, config, comp.image_tokens, comp.objective, frozen=frozen)
+  sampler = sampling.Sampler(model, config, comp.image_tokens, comp.conditioning, comp.tokenize,
+                             frozen=frozen)
   t_load = time.perf_counter() - t0
 
   ov = {k: getattr(args, k) for k in ("cfg", "temperature", "num_steps", "num_diffusion_steps",

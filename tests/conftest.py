@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices (sharding tests) and a persistent compile cache.
+"""Test setup: 8 fake CPU devices (sharding tests) and a persistent compile cache. Shared
+tiny configs and the fixtures path are in tests/helpers.py.
 
 Both must be configured before jax is imported anywhere, which is why they live here.
 """
@@ -16,5 +17,3 @@ jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_default_matmul_precision", "highest")
 
-FIXTURES = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                        "fixtures", "official_tiny"))

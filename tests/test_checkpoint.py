@@ -11,10 +11,12 @@ import jax
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow   # slow tier: trains, runs main.py or compiles a sampler
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 # The tiny config of tests/test_train.py, as command-line overrides of dream_b16:runlocal.
 TINY_FLAGS = ["--config=configs/dream_b16.py:runlocal", "--config.tokenizer.kind=identity",
-              "--config.tokenizer.image_size=16", "--config.tokenizer.patch_size=4",
+              "--config.tokenizer.patch_size=4",
               "--config.data.image_size=16", "--config.text.cond_encoder=small",
               "--config.text.small_width=32", "--config.text.small_layers=1",
               "--config.text.small_heads=2", "--config.total_steps=6", "--config.ckpt.every=2",
@@ -105,7 +107,7 @@ def test_meta_manifest_and_load_for_inference(runs):
 
 def test_mismatching_checkpoint_is_refused_with_names(runs):
   full, _ = runs
-  from tests.test_train import tiny_config
+  from tests.helpers import train_config as tiny_config
   from dream_jax.train.trainer import Trainer
   from dream_jax.train.checkpoint import Checkpointer
   c = tiny_config(total_steps=6)
@@ -120,7 +122,7 @@ def test_mismatching_checkpoint_is_refused_with_names(runs):
 
 def test_init_from_another_run(runs):
   full, _ = runs
-  from tests.test_train import tiny_config
+  from tests.helpers import train_config as tiny_config
   from dream_jax.train.trainer import Trainer
   c = tiny_config(total_steps=6)
   c.ckpt.init_from = full

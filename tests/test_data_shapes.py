@@ -147,3 +147,10 @@ def test_shapes_hosts_disjoint_and_cover():
   assert not seen[0] & seen[1]
   whole = E.ShapesSource(c.seed, 24, 32)
   assert seen[0] | seen[1] == {to_unit_range(whole[i]["image"]).tobytes() for i in range(24)}
+
+
+def test_configs_know_the_shapes_vocabulary_size():
+  """configs import nothing of dream_jax, so they state the word tokenizer's id count."""
+  from configs import common
+  from dream_jax.tokenizers.word import WordTokenizer
+  assert WordTokenizer(E.VOCAB, 16).vocab_size == common.SHAPES_VOCAB_SIZE

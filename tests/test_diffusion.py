@@ -1,6 +1,6 @@
 """Diffusion process and MAR diffusion head: parity with the official fixtures, and invariants.
 
-Fixtures: ../shared/fixtures/official_tiny (README sections "Diffusion head", "Diffusion
+Fixtures: tests/fixtures/official_tiny (README sections "Diffusion head", "Diffusion
 process", "CFG", "Reproducibility and tolerances"). The suggested comparison is
 max|ours - ref| <= 1e-5 * max|ref| per array (absolute 1e-6 for all-zero arrays), applied per
 timestep slice for the p_mean_variance arrays, whose scale spans 7e4 (t=49) down to O(1).
@@ -15,10 +15,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from dream_jax.diffusion.gaussian import GaussianDiffusion, space_timesteps
-from dream_jax.models.diffloss import diffusion_loss_terms, sample_tokens
+from dream_jax.models.diffloss import DiffLoss, sample_tokens
 from dream_jax.models.diffusion_head import (SimpleMLPAdaLN, head_params_from_torch,
                                              timestep_embedding, timestep_frequencies)
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 
 REL = 1e-5
 C, W, DEPTH, N = 16, 64, 2, 64
@@ -296,10 +296,12 @@ def test_training_gradients(fx, train_diffusion, head, head_params):
       model_out)
   assert bool(jnp.all(g[:, C:] == 0)) and float(jnp.abs(g[:, :C]).max()) > 0
 
+  dl = _diffloss(mul=2, buckets=2)
+  w = jnp.full((1, N), 1.0 / N)
+
   def loss_fn(params):
     apply = functools.partial(head.apply, params)
-    return diffusion_loss_terms(apply, x0, z, jax.random.key(3), None, train_diffusion,
-                                mul=2).mean()
+    return dl.loss(apply, z[None], x0[None], w, jax.random.key(3))[0]
 
   grads = jax.jit(jax.grad(loss_fn))(head_params)
   leaves = jax.tree.leaves(grads)
@@ -307,16 +309,39 @@ def test_training_gradients(fx, train_diffusion, head, head_params):
   assert sum(float(jnp.abs(v).sum()) for v in leaves) > 0
 
 
-def test_diffusion_loss_terms_draws(fx, train_diffusion, head, head_params):
+def _diffloss(mul: int, buckets: int) -> DiffLoss:
+  return DiffLoss(token_dim=C, num_train_timesteps=1000, noise_schedule="cosine",
+                  prediction="eps", loss_space="eps", num_sampling_steps="50", batch_mul=mul,
+                  buckets=buckets, clip_denoised=None)
+
+
+def test_production_loss_equals_the_draws_recomputed_by_hand(fx, train_diffusion, head,
+                                                              head_params):
+  """`DiffLoss.loss` (the training loss, bucketed over counting rows) against the reference
+  formulas applied to every token at full shape: the same (t, noise) draws from the key,
+  x_t, head output, MSE + vb per draw, mean over draws, weighted sum; rows of weight 0
+  contribute nothing and report 0."""
   x0, z = _x0(fx), _z(fx, "r050")
   apply = functools.partial(head.apply, head_params)
-  loss, terms = diffusion_loss_terms(apply, x0, z, jax.random.key(4), None, train_diffusion,
-                                     mul=4, return_terms=True)
-  assert loss.shape == (N,) and terms["loss"].shape == (4 * N,)
-  t = np.asarray(terms["t"])
-  assert t.min() >= 0 and t.max() < 1000 and len(np.unique(t)) > N
-  np.testing.assert_allclose(loss, terms["loss"].reshape(4, N).mean(0), rtol=1e-6)
-  np.testing.assert_allclose(terms["mse"] + terms["vb"], terms["loss"], rtol=1e-6)
+  mul, rng = 4, jax.random.key(4)
+  w = np.zeros((N,), np.float32)
+  w[::3] = np.linspace(0.5, 2.0, len(w[::3]))           # a third of the rows count
+  loss, per_tok = _diffloss(mul, buckets=4).loss(apply, z[None], x0[None], w[None], rng)
+  # By hand, compute-everything-then-mask (the reference's way).
+  k_t, k_n = jax.random.split(rng)
+  t = jax.random.randint(k_t, (mul, N), 0, 1000)
+  noise = jax.random.normal(k_n, (mul, N, C), jnp.float32)
+  want = np.zeros((N,))
+  for d in range(mul):
+    x_t = train_diffusion.q_sample(x0, t[d], noise[d])
+    out = head.apply(head_params, x_t, train_diffusion.model_timesteps(t[d]), z)
+    terms = train_diffusion.training_losses(out, x0, x_t, t[d], noise[d])
+    np.testing.assert_allclose(terms["mse"] + terms["vb"], terms["loss"], rtol=1e-6)
+    want += np.asarray(terms["loss"], np.float64) / mul
+  want = np.where(w > 0, want, 0.0)
+  assert len(np.unique(np.asarray(t))) > N
+  np.testing.assert_allclose(np.asarray(per_tok)[0], want, rtol=2e-5, atol=1e-7)
+  np.testing.assert_allclose(float(loss), float((w * want).sum()), rtol=2e-5)
 
 
 def test_fresh_head_init(head):

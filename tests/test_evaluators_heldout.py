@@ -8,6 +8,8 @@ import pytest
 from dream_jax.evaluators import EVALUATORS, get_evaluator
 from dream_jax.evaluators.heldout import Evaluator, retrieval_r1
 
+pytestmark = pytest.mark.slow   # slow tier: trains, runs main.py or compiles a sampler
+
 
 def unit(x):
   return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -70,7 +72,7 @@ def test_heldout_on_tiny_model_predict_fns():
   from dream_jax.data import make_dataset
   from dream_jax.train.predict import make_predict_fns
   from dream_jax.train.trainer import Trainer
-  from tests.test_train import tiny_config
+  from tests.helpers import train_config as tiny_config
   c = tiny_config()
   c.data.eval_size = 12          # 8 + 4: the second batch is padded to the device count
   tr = Trainer(c, devices=jax.devices()[:1])

@@ -4,24 +4,12 @@ import json
 import os
 
 import jax
+import pytest
 
-from configs import dream_b16
 from dream_jax import sampling
 from dream_jax.evaluators import fidelity
-from dream_jax.image_tokens import ImageTokens
-from dream_jax.models.api import DreamModel
-
-
-def _config():
-  c = dream_b16.get_config("runlocal")
-  c.tokenizer.kind = "identity"
-  c.tokenizer.patch_size = 4
-  c.text.cond_encoder = "small"
-  c.model.encoder_buckets = 2
-  c.model.diffusion_buckets = 2
-  c.sampling.update(num_steps=4, num_diffusion_steps="3", cfg=3.0, sad_candidates=3,
-                    sad_step=2)
-  return c
+from dream_jax.train.components import Components
+from tests.helpers import sampling_config as _config
 
 
 def test_reference_rows_ceiling_above_chance():
@@ -32,12 +20,13 @@ def test_reference_rows_ceiling_above_chance():
   assert ref["chance/color_ok"] < 0.6
 
 
+@pytest.mark.slow
 def test_fidelity_end_to_end(tmp_path):
   c = _config()
-  model, it = DreamModel(c), ImageTokens(c)
-  obj = sampling.build_objective(model, c, it)
+  comp = Components(c)
+  model, it = comp.model, comp.image_tokens
   v = jax.jit(model.init)(jax.random.key(0))
-  fns = sampling.make_predict_fns(model, c, it, obj)
+  fns = sampling.make_predict_fns(model, c, it, comp.conditioning, comp.tokenize)
   ec = dict(kind="fidelity", every=1, num_prompts=3, batch=2,
             modes=("plain", "sad", "best_of_k"), num_candidates=2)
   ev = fidelity.Evaluator(ec, config=c, workdir=str(tmp_path))

@@ -10,25 +10,14 @@ from ml_collections import ConfigDict
 from configs import common
 from dream_jax import losses, masking
 from dream_jax.models.patchify import patchify, unpatchify
-
-
-def tiny_config(**model):
-  c = common.base_config()
-  common.runlocal(c)
-  c.tokenizer.kind = "identity"
-  c.tokenizer.image_size = 16          # 8x8 grid of 2x2 pixel patches: L = 64, C = 12
-  c.text.cond_encoder = "small"
-  c.text.small_width, c.text.small_layers, c.text.small_heads = 16, 1, 2
-  c.model.update(encoder_buckets=1, diffusion_buckets=1, attn_dropout=0.0, proj_dropout=0.0)
-  c.model.update(**model)
-  return common.finalize(c)
+from tests.helpers import model_config as tiny_config
 
 
 @pytest.fixture(scope="module")
 def tiny():
-  from dream_jax.models.api import DreamModel
+  from dream_jax.train.components import build_model
   cfg = tiny_config()
-  model = DreamModel(cfg)
+  model = build_model(cfg)
   return cfg, model, model.init(jax.random.key(0))
 
 
@@ -88,9 +77,11 @@ def test_fluid_bounds():
 
 @pytest.mark.parametrize("shape", ["linear", "cosine"])
 def test_warmup_endpoints_and_shape(shape):
-  cfg = ConfigDict(dict(center_start=0.0, center_end=1.0, warmup_start=0.0,
-                        warmup_end=0.75, shape=shape))
-  f = lambda p: float(masking.mask_ratio_center(p, cfg))
+  from dream_jax.train.schedule import mask_center_schedule
+  cfg = ConfigDict(dict(total_steps=400, masking=dict(
+      center_start=0.0, center_end=1.0, warmup_start=0.0, warmup_end=0.75, shape=shape)))
+  sched = mask_center_schedule(cfg)
+  f = lambda p: float(sched(jnp.asarray(round(p * 400), jnp.int32)))
   assert f(0.0) == 0.0 and f(0.75) == 1.0 and f(1.0) == 1.0
   assert abs(f(0.375) - 0.5) < 1e-6  # midpoint of both shapes
   vals = [f(p) for p in np.linspace(0, 1, 41)]
@@ -102,9 +93,11 @@ def test_warmup_endpoints_and_shape(shape):
 
 
 def test_nowarmup_recipe_is_constant():
+  from dream_jax.train.schedule import mask_center_schedule
   c = common.base_config()
   common.apply_recipe(c, "nowarmup")
-  assert float(masking.mask_ratio_center(0.0, c.masking)) == 1.0
+  sched = mask_center_schedule(c)
+  assert float(sched(0)) == 1.0 and float(sched(c.total_steps // 2)) == 1.0
 
 
 # ---------------------------------------------------------------- encoder
@@ -135,10 +128,11 @@ def test_encoder_paths_agree(tiny):
 
 
 def test_bucketed_encoder_matches_full_length():
-  from dream_jax.models.api import DreamModel, bucket_sizes
+  from dream_jax.models.api import bucket_sizes
+  from dream_jax.train.components import build_model
   assert bucket_sizes(64, 4) == (16, 32, 48, 64)
-  m4 = DreamModel(tiny_config(encoder_buckets=4))
-  m_full = DreamModel(tiny_config(encoder_path="masked"))
+  m4 = build_model(tiny_config(encoder_buckets=4))
+  m_full = build_model(tiny_config(encoder_path="masked"))
   v = m4.init(jax.random.key(0))
   tokens, visible = _inputs(m4)
   visible = visible.at[:, 20:].set(False)   # max 20 visible -> bucket 32
@@ -171,9 +165,9 @@ def test_no_leak_from_masked_tokens(tiny, path):
 
 def test_diffusion_head_only_on_counting_tokens_is_exact():
   """Bucketed head on counting rows == head on every row then masked: loss AND grads."""
-  from dream_jax.models.api import DreamModel
-  m_b = DreamModel(tiny_config(diffusion_buckets=4))
-  m_1 = DreamModel(tiny_config(diffusion_buckets=1))
+  from dream_jax.train.components import build_model
+  m_b = build_model(tiny_config(diffusion_buckets=4))
+  m_1 = build_model(tiny_config(diffusion_buckets=1))
   v = m_b.init(jax.random.key(0))
   b, l = 4, m_b.spec.seq_len
   z = jax.random.normal(jax.random.key(1), (b, l, m_b.spec.dec_width))
@@ -189,40 +183,6 @@ def test_diffusion_head_only_on_counting_tokens_is_exact():
     np.testing.assert_allclose(a, c, atol=1e-6, rtol=1e-5)
 
 
-def test_diffusion_loss_t_min_draws_only_high_noise_timesteps():
-  """t_min = T-1 forces t = T-1 in every draw: the loss equals the head evaluated there by
-  hand (same noise stream); t_min outside [0, T) is refused."""
-  from dream_jax.models.api import DreamModel
-  model = DreamModel(tiny_config())
-  v = model.init(jax.random.key(0))
-  b, l, c = 2, model.spec.seq_len, model.spec.token_dim
-  z = jax.random.normal(jax.random.key(1), (b, l, model.spec.dec_width))
-  x = jax.random.normal(jax.random.key(2), (b, l, c))
-  w = jnp.full((b, l), 1.0 / (b * l))
-  rng = jax.random.key(3)
-  diff = model.train_diffusion
-  last = diff.num_timesteps - 1
-  loss, per_tok = model.diffusion_loss(v, z, x, w, rng, t_min=last)
-  mul, n = model.diffusion_batch_mul, b * l
-  noise = jax.random.normal(jax.random.split(rng)[1], (mul, n, c), jnp.float32)
-  t = jnp.full((n,), last, jnp.int32)
-  per_draw = []
-  for d in range(mul):
-    x_t = diff.q_sample(x.reshape(n, c), t, noise[d])
-    out = model.diffusion_net(v, x_t, diff.model_timesteps(t), z.reshape(n, -1))
-    per_draw.append(diff.training_losses(out, x.reshape(n, c), x_t, t, noise[d])["loss"])
-  want = jnp.stack(per_draw).mean(0)
-  np.testing.assert_allclose(np.asarray(per_tok).reshape(n), np.asarray(want), rtol=1e-5,
-                             atol=1e-6)
-  np.testing.assert_allclose(float(loss), float(want.mean()), rtol=1e-5)
-  # The full range draws other timesteps, so the loss differs.
-  assert abs(float(model.diffusion_loss(v, z, x, w, rng)[0]) - float(loss)) > 1e-4
-  for bad in (-1, diff.num_timesteps):
-    with pytest.raises(ValueError, match="t_min"):
-      model.diffusion_loss(v, z, x, w, rng, t_min=bad)
-
-
-# ------------------------------------------------------------------ losses
 def _np_clip(img, txt, scale, c):
   logits = scale * img @ txt.T
   def ce_rows(lg):
@@ -273,13 +233,16 @@ def test_diffusion_group_gate_and_denominator():
 
 def _objective_and_batch(cfg, model):
   """A DreamObjective over the word tokenizer and a batch of 8 captioned random images."""
+  from dream_jax.conditioning import Conditioning
+  from dream_jax.image_tokens import ImageTokens
   from dream_jax.objective import DreamObjective
   from dream_jax.tokenizers.word import WordTokenizer
-  tok = WordTokenizer(cfg.text.word_vocab, cfg.text.context_length)
+  from dream_jax.data.shapes import VOCAB as words   # the runlocal configs' vocabulary
+  tok = WordTokenizer(words, cfg.text.context_length)
   u = tok.encode([""])
-  obj = DreamObjective(model, cfg, eot_id=tok.eot_id,
-                       uncond=dict(clip_ids=u, cond_ids=u, cond_mask=tok.padding_mask(u)))
-  words = cfg.text.word_vocab
+  text = Conditioning(model, eot_id=tok.eot_id, caption_drop=cfg.loss.caption_drop,
+                      empty=dict(clip_ids=u, cond_ids=u, cond_mask=tok.padding_mask(u)))
+  obj = DreamObjective(model, cfg, conditioning=text, image_tokens=ImageTokens(cfg))
   ids = tok.encode([f"a {words[i % len(words)]} {words[(3 * i) % len(words)]}"
                     for i in range(8)])
   batch = dict(image=jax.random.uniform(jax.random.key(1), (8, 16, 16, 3), minval=-1, maxval=1),
@@ -288,15 +251,16 @@ def _objective_and_batch(cfg, model):
   return obj, batch
 
 
+@pytest.mark.slow
 def test_objective_finite_gradients_in_edge_recipes():
   """CLIP-only (nothing masked) and Fluid (nothing contributes to CLIP): finite grads."""
-  from dream_jax.models.api import DreamModel
+  from dream_jax.train.components import build_model
   for recipe in ("clip", "fluid"):
     cfg = tiny_config()
     common.apply_recipe(cfg, recipe)
     if recipe == "fluid":
       cfg.loss.w_contrastive = 0.005  # keep the term: every sample is filtered out
-    model = DreamModel(cfg)
+    model = build_model(cfg)
     v = model.init(jax.random.key(0))
     obj, batch = _objective_and_batch(cfg, model)
     (loss, (_, met)), g = jax.jit(jax.value_and_grad(
@@ -309,13 +273,14 @@ def test_objective_finite_gradients_in_edge_recipes():
 
 
 # --------------------------------------------------------------- sharding
+@pytest.mark.slow
 def test_loss_and_grads_equal_on_8_devices_and_one():
   """Global batch sharded over a 4x2 (data, fsdp) mesh == one device: loss, grads, BN stats."""
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-  from dream_jax.models.api import DreamModel
+  from dream_jax.train.components import build_model
   assert len(jax.devices()) >= 8
   cfg = tiny_config()
-  model = DreamModel(cfg)
+  model = build_model(cfg)
   v = model.init(jax.random.key(0))
   obj, batch = _objective_and_batch(cfg, model)
   f = jax.value_and_grad(lambda p, bs, b: obj(p, bs, {}, b, jax.random.key(2), 0.6),
@@ -370,9 +335,10 @@ def test_recipes():
 
 
 def test_weight_decay_mask_follows_the_reference_by_meaning():
-  from dream_jax.models.api import DreamModel, weight_decay_mask
+  from dream_jax.train.components import build_model
+  from dream_jax.train.optim import weight_decay_mask
   cfg = tiny_config()
-  model = DreamModel(cfg)
+  model = build_model(cfg)
   shapes = jax.eval_shape(model.init, jax.random.key(0))["params"]
   mask = weight_decay_mask(shapes, cfg)
   flat = {"/".join(k.key for k in p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}

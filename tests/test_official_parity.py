@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.conftest import FIXTURES
+from dream_jax.tokenizers import first_eot_position
+from tests.helpers import FIXTURES
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(FIXTURES) and os.environ.get("CI") != "true",
@@ -35,7 +36,7 @@ def fx(request):
   """Every parity check runs twice: blocks unrolled, and in nn.scan (model.scan_layers) with
   the converted weights stacked by `dream.convert_layout`."""
   from configs import official_tiny
-  from dream_jax.models.api import DreamModel
+  from dream_jax.train.components import build_model
   from dream_jax.models.convert_official import check_against, variables_from_official
   from dream_jax.models.dream import convert_layout
   load = lambda n: load_file(os.path.join(FIXTURES, n))
@@ -44,7 +45,7 @@ def fx(request):
   if request.param:
     cfg = cfg.copy_and_resolve_references()
     cfg.model.scan_layers = True
-  model = DreamModel(cfg)
+  model = build_model(cfg)
   if request.param:
     variables = dict(variables, params=convert_layout(variables["params"], model.spec,
                                                       scanned=True))
@@ -106,7 +107,7 @@ def test_unnormalised_projection_and_debug(fx):
 def test_text_tower(fx):
   model, v, ev, dbg = fx["model"], fx["v"], fx["ev"], fx["dbg"]
   ids = jnp.asarray(fx["inp"]["clip_tokens"], jnp.int32)
-  eot = model.eot_positions(ids, eot_id=999)
+  eot = first_eot_position(ids, eot_id=999)
   np.testing.assert_array_equal(eot, fx["inp"]["clip_eot_positions"])
   emb, feats = model.embed_text(v, ids, eot)
   close(emb, ev["text_features_normalized"], what="text embedding")
@@ -138,7 +139,7 @@ def _clip(fx, case, train):
   hidden, valid = model.encode_tokens(v, tokens_of(fx), ~mask, num_keep=16)
   emb, stats = model.project(v, hidden, valid, train=train)
   ids = jnp.asarray(fx["inp"]["clip_tokens"], jnp.int32)
-  txt, _ = model.embed_text(v, ids, model.eot_positions(ids, 999))
+  txt, _ = model.embed_text(v, ids, jnp.asarray(first_eot_position(ids, 999), jnp.int32))
   contributes = losses.clip_contributes(mask, 0.75)
   return emb, stats, txt, contributes, model.logit_scale(v)
 

@@ -17,6 +17,7 @@ import pytest
 from dream_jax import sampling
 from dream_jax.sampling import mar, sad
 from dream_jax.sampling import schedule as sl
+from dream_jax.tokenizers import first_eot_position
 
 PROMPTS = ["a red circle in the top left", "a large blue square at the bottom"]
 
@@ -58,7 +59,7 @@ def test_sad_share_and_step_checks():
   s = sl.reveal_schedule(256, 64)
   t = sl.sad_step_from_share(s, 0.125)
   assert s.revealed_share(t) >= 0.125 > s.revealed_share(t - 1)
-  assert 19 <= t <= 22                      # "about step 20 of 64" (DESIGN.md)
+  assert 19 <= t <= 22                      # "about step 20 of 64" (docs/DESIGN.md)
   assert sl.sad_step_from_share(s, 1.0) == 64
   for bad in (0, 65, -1):
     with pytest.raises(ValueError, match="outside the decoding schedule"):
@@ -95,8 +96,8 @@ class _CountingModel:
                                                 (37, 8, True, 1)])
 def test_every_token_revealed_once_at_the_reference_step(L, N, guided, buckets):
   model = _CountingModel(L)
-  dec = mar.MarDecoder(model, mar.DecodeOptions(N, "1", guided=guided, encoder_buckets=buckets,
-                                                head_buckets=buckets))
+  dec = mar.MarDecoder(model, mar.DecodeOptions(N, "1", cfg_schedule="linear", guided=guided,
+                                                encoder_buckets=buckets, head_buckets=buckets))
   b = 3
   state = mar.init_state(jax.random.key(0), b, L, 3)
   rows = 2 * b if guided else b
@@ -124,23 +125,15 @@ def test_every_token_revealed_once_at_the_reference_step(L, N, guided, buckets):
 # ------------------------------------------------------------ the tiny model
 @pytest.fixture(scope="module")
 def setup():
-  from configs import dream_b16
-  from dream_jax.image_tokens import ImageTokens
-  from dream_jax.models.api import DreamModel
-  c = dream_b16.get_config("runlocal")
-  c.tokenizer.kind = "identity"
-  c.tokenizer.patch_size = 4                      # 32px -> 8x8 = 64 tokens of dim 48
-  c.text.cond_encoder = "small"
-  c.model.encoder_buckets = 2
-  c.model.diffusion_buckets = 2
-  c.sampling.update(num_steps=4, num_diffusion_steps="3", cfg=3.0, sad_candidates=3,
-                    sad_step=2)
-  model = DreamModel(c)
-  it = ImageTokens(c)
-  obj = sampling.build_objective(model, c, it)
+  from dream_jax.train.components import Components
+  from tests.helpers import sampling_config
+  c = sampling_config()
+  comp = Components(c)
+  model, it = comp.model, comp.image_tokens
   variables = jax.jit(model.init)(jax.random.key(0))
-  s = sampling.Sampler(model, c, it, obj)
-  return types.SimpleNamespace(c=c, model=model, it=it, obj=obj, v=variables, s=s)
+  s = sampling.Sampler(model, c, it, comp.conditioning, comp.tokenize)
+  return types.SimpleNamespace(c=c, model=model, it=it, text=comp.conditioning, v=variables,
+                               s=s)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +156,7 @@ def test_one_compiled_loop_without_transfers(setup):
   opts = s.options({})
   fn = s.program("plain", opts)
   batch, temp, cfg = s._inputs(PROMPTS, {})
-  args = jax.device_put((setup.v, {}, batch, setup.obj.uncond, jax.random.key(3), temp, cfg))
+  args = jax.device_put((setup.v, {}, batch, setup.text.empty, jax.random.key(3), temp, cfg))
   text = fn.lower(*args).as_text()
   assert "stablehlo.while" in text
   before = fn._cache_size()
@@ -175,6 +168,7 @@ def test_one_compiled_loop_without_transfers(setup):
   np.testing.assert_array_equal(np.asarray(a["images"]), np.asarray(b["images"]))
 
 
+@pytest.mark.slow
 def test_sad_k1_equals_plain_and_decoded_tokens_persist(setup, plain):
   out = setup.s.sample_sad(setup.v, {}, PROMPTS, jax.random.key(7), num_candidates=1,
                            sad_step=2, critic="mean", return_candidates=True)
@@ -192,6 +186,7 @@ def test_sad_k1_equals_plain_and_decoded_tokens_persist(setup, plain):
                              rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sad_winner_is_argmax_of_its_own_scores(setup):
   s, m, v = setup.s, setup.model, setup.v
   out = s.sample_sad(v, {}, PROMPTS, jax.random.key(5), return_candidates=True)
@@ -206,7 +201,8 @@ def test_sad_winner_is_argmax_of_its_own_scores(setup):
   hidden, valid = m.encode_tokens(v, cand, visible, train=False)
   emb, _ = m.project(v, hidden, valid)
   ids = jnp.asarray(s.tokenize(PROMPTS)["clip_ids"])
-  temb, _ = m.embed_text(v, ids, m.eot_positions(ids, setup.obj.eot_id))
+  eot = first_eot_position(np.asarray(ids), setup.text.eot_id)
+  temb, _ = m.embed_text(v, ids, jnp.asarray(eot, jnp.int32))
   ref = (emb.reshape(2, k, -1) * temb[:, None]).sum(-1)
   np.testing.assert_allclose(out["scores"], ref, atol=1e-5)
   # Candidates of a prompt share the order: the same positions are decoded at step T.
@@ -218,6 +214,7 @@ def test_sad_winner_is_argmax_of_its_own_scores(setup):
   np.testing.assert_allclose(out["tokens"][dec], w[dec], atol=0)
 
 
+@pytest.mark.slow
 def test_best_of_k_internal_and_external_scorer(setup, plain):
   s = setup.s
   seen = {}
@@ -234,6 +231,7 @@ def test_best_of_k_internal_and_external_scorer(setup, plain):
   assert out["scores"].shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_cfg_one_equals_the_conditional_sample(setup):
   """cfg=1 skips the unconditional branch; running the guided branch at scale 1 gives the
   same sample (guided eps = u + 1 * (c - u) = c; the halves share x_t and the noise)."""
@@ -241,9 +239,9 @@ def test_cfg_one_equals_the_conditional_sample(setup):
   plain_c1 = s.sample(setup.v, {}, PROMPTS[:1], jax.random.key(2), cfg=1.0)
   dec = mar.MarDecoder(setup.model, s.options({"cfg": 3.0}))      # guided program
   assert dec.opts.guided and not s.options({"cfg": 1.0}).guided
-  fn = jax.jit(functools.partial(mar.decode_plain, dec, setup.obj, setup.it))
+  fn = jax.jit(functools.partial(mar.decode_plain, dec, s.fns))
   batch, temp, _ = s._inputs(PROMPTS[:1], {})
-  guided = fn(setup.v, {}, batch, setup.obj.uncond, jax.random.key(2), temp, jnp.float32(1.0))
+  guided = fn(setup.v, {}, batch, setup.text.empty, jax.random.key(2), temp, jnp.float32(1.0))
   np.testing.assert_allclose(np.asarray(guided["tokens"]), plain_c1["tokens"], rtol=1e-5)
 
 

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from dream_jax import sample as cli
-from tests.test_fidelity import _config  # the same tiny sampling config
+from tests.helpers import sampling_config as _config
+
+pytestmark = pytest.mark.slow   # slow tier: trains, runs main.py or compiles a sampler
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +23,9 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loader():
-  from dream_jax.models.api import DreamModel
+  from dream_jax.train.components import build_model
   c = _config()
-  model = DreamModel(c)
+  model = build_model(c)
   v = jax.jit(model.init)(jax.random.key(0))
   return lambda workdir, step: (c, model, v, {})
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from dream_jax.models import layers
-from dream_jax.models.api import DreamModel
 from dream_jax.models.dream import block_stacks, convert_layout
-from tests.test_model_core import tiny_config
+from dream_jax.train.components import build_model as DreamModel
+from tests.helpers import model_config as tiny_config
 
 DEPTHS = dict(depth=2, dec_depth=3, aligner_depth=2)
 

@@ -85,10 +85,10 @@ def test_diffusion_option_names_are_checked():
 
 def test_model_builds_its_chains_from_the_config():
   from configs import demo
-  from dream_jax.models.api import DreamModel
+  from dream_jax.train.components import build_model
   c = demo.get_config()
   c.model.diffusion_prediction, c.model.diffusion_loss_space = "x0", "v"
-  m = DreamModel(c)
+  m = build_model(c)
   for chain in (m.train_diffusion, m.sample_diffusion("10")):
     assert (chain.prediction, chain.loss_space) == ("x0", "v")
   assert m.sample_diffusion("10").num_timesteps == 10
@@ -109,29 +109,6 @@ def test_head_lr_mult_scales_only_the_diffusion_head():
   c.optim.head_lr_mult = 0.0
   with pytest.raises(ValueError, match="optim.head_lr_mult"):
     common.validate(c)
-
-
-def test_probe_optimizer_is_adam_and_scales_the_head():
-  import optax
-  from configs import demo
-  from dream_jax.tools import condition_probe
-  from dream_jax.train.schedule import peak_learning_rate
-  c = demo.get_config()
-  c.optim.head_lr_mult = 1.0               # the demo's own value is 4
-  params = {"net": {"diffloss": {"w": jnp.ones((3,))}, "dec": {"w": jnp.ones((3,))}}}
-  grads = jax.tree.map(lambda p: p * jnp.asarray([1.0, -2.0, 0.5]), params)
-  ref = optax.adamw(peak_learning_rate(c), b1=c.optim.b1, b2=c.optim.b2, weight_decay=0.0)
-  want, _ = ref.update(grads, ref.init(params), params)
-  tx = condition_probe._optimizer(c)
-  got, _ = tx.update(grads, tx.init(params), params)
-  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-    np.testing.assert_allclose(a, b, rtol=1e-6)
-  c.optim.head_lr_mult = 3.0
-  tx = condition_probe._optimizer(c)
-  got, _ = tx.update(grads, tx.init(params), params)
-  np.testing.assert_allclose(got["net"]["diffloss"]["w"], 3 * want["net"]["diffloss"]["w"],
-                             rtol=1e-6)
-  np.testing.assert_allclose(got["net"]["dec"]["w"], want["net"]["dec"]["w"], rtol=1e-6)
 
 
 def test_pixel_shift_and_scale_round_trip():
@@ -177,20 +154,30 @@ def test_workdir_config_from_before_the_shapes_rename_loads(tmp_path):
   raw = json.loads(demo.get_config().to_json())
   raw["data"]["name"] = "embedded"          # what configs wrote before the rename
   raw["data"]["embedded_size"] = raw["data"].pop("shapes_size") + 1
+  # Keys removed since: a duplicate of data.image_size, one of sampling.num_diffusion_steps,
+  # and the never-read shuffle buffer.
+  raw["tokenizer"]["image_size"] = raw["data"]["image_size"]
+  raw["model"]["num_sampling_steps"] = "50"
+  raw["data"]["shuffle_buffer"] = 1024
   (tmp_path / "config.json").write_text(json.dumps(raw))
   loaded = load_config(str(tmp_path))
   assert loaded.data.name == "shapes"
   assert loaded.data.shapes_size == demo.get_config().data.shapes_size + 1
-  assert "embedded_size" not in loaded.data
+  assert "embedded_size" not in loaded.data and "shuffle_buffer" not in loaded.data
+  assert "image_size" not in loaded.tokenizer and "num_sampling_steps" not in loaded.model
+  assert loaded.to_dict() == dict(demo.get_config().to_dict(),
+                                  data=dict(demo.get_config().data.to_dict(),
+                                            shapes_size=demo.get_config().data.shapes_size + 1))
 
 
+@pytest.mark.slow
 def test_token_regression_is_off_by_default_and_adds_a_zero_init_readout_loss():
   """loss.w_token_regression: no parameters and no loss term when 0 (paper configs); when on,
   a zero-initialised linear readout of z whose weighted MSE on the diffusion loss's tokens is
   added to the total, and whose gradient reaches the decoder once the readout is non-zero."""
   from dream_jax.data import make_dataset
   from dream_jax.train.components import Components
-  from tests.test_train import tiny_config
+  from tests.helpers import train_config as tiny_config
   off = Components(tiny_config())
   assert "token_readout" not in jax.eval_shape(off.model.init, jax.random.key(0))["params"]
   assert common.base_config().loss.w_token_regression == 0.0
@@ -230,7 +217,8 @@ def test_token_regression_is_off_by_default_and_adds_a_zero_init_readout_loss():
   mask = masking.sample_masks(k["mask"], *tokens.shape[:2], 1.0, cfg.masking)["mask"]
   enc = model.encode_image(var, tokens, ~mask, train=True, rng=k["dropout_enc"])
   drop = jax.random.bernoulli(k["caption_drop"], cfg.loss.caption_drop, (tokens.shape[0],))
-  ctx, cm = obj.condition(var, {}, batch, drop=drop, train=True, rng=k["dropout_cond"])
+  ctx, cm = obj.conditioning.condition(var, {}, batch, drop=drop, train=True,
+                                       rng=k["dropout_cond"])
   z = model.decode(var, enc.hidden, enc.valid, ctx, cm, train=True, rng=k["dropout_dec"])
   wts, _ = losses.diffusion_token_weights(mask, cfg.masking.group_size,
                                           cfg.loss.diff_min_mask_ratio)

@@ -10,31 +10,11 @@ import optax
 import pytest
 
 from configs import common
-
-
-def tiny_config(**overrides):
-  """runlocal of dream_b16 (batch 8), lighter for tests: pixel tokens and the 'small'
-  trainable condition encoder, so no tiny VAE / T5 has to be compiled."""
-  from configs import dream_b16
-  c = dream_b16.get_config("runlocal")
-  c.tokenizer.update(kind="identity", image_size=16, patch_size=4)
-  c.data.image_size = 16
-  c.text.cond_encoder = "small"
-  c.text.update(small_width=32, small_layers=1, small_heads=2)
-  c.ckpt.update(every=2, keep=2)
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  common.validate(c)
-  return c
+from tests.helpers import train_config as tiny_config
 
 
 def test_schedule_is_one_object_in_fractions():
   from dream_jax.train.schedule import TrainSchedule
-  from dream_jax import masking
   c = tiny_config(total_steps=100)
   c.optim.lr = 1e-3
   c.schedule.update(kind="warmup_constant", warmup=0.1)
@@ -44,8 +24,10 @@ def test_schedule_is_one_object_in_fractions():
   lr = np.asarray(out["lr"])
   np.testing.assert_allclose(lr[9:], 1e-3, rtol=1e-6)          # constant after 10% warm-up
   assert np.all(np.diff(lr[:10]) > 0) and lr[0] > 0
+  m = c.masking                                                  # linear 0 -> 1 over [0, 0.75]
+  assert (m.center_start, m.center_end, m.warmup_start, m.shape) == (0.0, 1.0, 0.0, "linear")
   np.testing.assert_allclose(out["mask_center"],
-                             masking.mask_ratio_center(np.arange(100) / 100, c.masking), 1e-6)
+                             np.clip(np.arange(100) / 100 / m.warmup_end, 0, 1), 1e-6)
   # Doubling total_steps keeps the shape (boundaries are fractions of the run).
   c2 = tiny_config(total_steps=200)
   c2.optim.lr = 1e-3
@@ -57,8 +39,55 @@ def test_schedule_is_one_object_in_fractions():
   np.testing.assert_allclose(lr_cos, [1e-3, 5.5e-4, 1e-4], rtol=1e-3)
 
 
+def _old_lr(step, total, kind, warmup, final, peak):
+  """The hand-written schedule dream_jax used before the optax one (float64 numpy)."""
+  p = step / total
+  warm = np.minimum(1.0, (step + 1.0) / max(1.0, warmup * total)) if warmup > 0 else 1.0
+  if kind == "warmup_constant":
+    return peak * warm * np.ones_like(p)
+  frac = np.clip((p - warmup) / max(1e-12, 1.0 - warmup), 0.0, 1.0)
+  cos = final + (1.0 - final) * 0.5 * (1.0 + np.cos(np.pi * frac))
+  return peak * np.where(p < warmup, warm, cos)
+
+
+def _old_center(step, total, start, end, ws, we, shape):
+  p = step / total
+  frac = np.clip((p - ws) / max(we - ws, 1e-12), 0.0, 1.0)
+  if we <= ws:
+    frac = np.where(p >= ws, 1.0, 0.0)
+  if shape == "cosine":
+    frac = 0.5 * (1 - np.cos(np.pi * frac))
+  return start + (end - start) * frac
+
+
+@pytest.mark.parametrize("total,kind,warmup,final", [
+    (100, "warmup_constant", 0.1, 0.0), (500, "warmup_cosine", 0.05, 0.1),
+    (333, "warmup_cosine", 12 / 48, 0.0), (77, "warmup_cosine", 0.0, 0.2),
+    (50, "warmup_constant", 0.0, 0.0), (40, "warmup_cosine", 0.01, 0.1)])
+@pytest.mark.parametrize("masking", [(0.0, 1.0, 0.0, 36 / 48, "linear"),
+                                     (0.2, 0.9, 0.1, 0.4, "cosine"),
+                                     (0.0, 1.0, 0.3, 0.3, "linear"),
+                                     (1.0, 1.0, 0.0, 0.75, "linear")])
+def test_optax_schedule_equals_the_hand_written_formulas_at_every_step(total, kind, warmup,
+                                                                       final, masking):
+  from dream_jax.train.schedule import TrainSchedule
+  c = tiny_config(total_steps=total)
+  c.optim.lr = 3e-4
+  c.schedule.update(kind=kind, warmup=warmup, final_lr_frac=final)
+  start, end, ws, we, shape = masking
+  c.masking.update(center_start=start, center_end=end, warmup_start=ws, warmup_end=we,
+                   shape=shape)
+  steps = np.arange(total + 1)
+  out = TrainSchedule(c)(jnp.asarray(steps))
+  np.testing.assert_allclose(out["lr"], _old_lr(steps, total, kind, warmup, final, 3e-4),
+                             rtol=2e-6, atol=2e-6 * 3e-4)   # f32 near lr = 0
+  np.testing.assert_allclose(out["mask_center"],
+                             _old_center(steps, total, start, end, ws, we, shape),
+                             rtol=2e-6, atol=2e-7)
+
+
 def test_optimizer_is_adamw_with_reference_exemptions():
-  from dream_jax.models.api import weight_decay_mask
+  from dream_jax.train.optim import weight_decay_mask
   from dream_jax.train import optim
   c = tiny_config()
   c.optim.update(grad_clip=3.0, weight_decay=0.04, b1=0.9, b2=0.95)
@@ -109,6 +138,7 @@ def test_mesh_errors_are_clear():
   assert sharding.fsdp_spec((16,), 2) == jax.sharding.PartitionSpec()
 
 
+@pytest.mark.slow
 def test_accumulation_refused_with_contrastive_and_runs_when_allowed():
   from dream_jax.train.trainer import Trainer
   from dream_jax.train import sharding
@@ -125,13 +155,12 @@ def test_accumulation_refused_with_contrastive_and_runs_when_allowed():
   assert np.isfinite(float(m["loss"])) and int(new["step"]) == 1
 
 
-@pytest.mark.parametrize("name", ["dream_b16", "dream_l16", "dream_h16", "dream_g16"])
-def test_paper_runlocal_trains_two_steps(name, tmp_path):
-  """Every paper config's runlocal trains 2 steps (identical tiny shapes, so the compile
-  cache serves the last three)."""
-  import importlib
+@pytest.mark.slow
+def test_paper_runlocal_trains_two_steps(tmp_path):
+  """The paper config's runlocal trains 2 steps end to end (CI runs the same from main.py)."""
+  from configs import dream_b16
   from dream_jax.train.trainer import train
-  c = importlib.import_module(f"configs.{name}").get_config("runlocal")
+  c = dream_b16.get_config("runlocal")
   c.total_steps = 2
   row = train(c, str(tmp_path), devices=jax.devices()[:1])
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -144,6 +173,19 @@ def test_paper_runlocal_trains_two_steps(name, tmp_path):
   assert json.load(open(tmp_path / "config.json"))["total_steps"] == 2
 
 
+@pytest.mark.parametrize("name", ["dream_l16", "dream_h16", "dream_g16"])
+def test_other_sizes_runlocal_is_the_same_smoke_run(name):
+  """runlocal replaces every size, so L/H/G smoke runs are B's (whose run is tested above;
+  their paper sizes are checked by eval_shape in test_sizes.py)."""
+  import importlib
+  from configs import dream_b16
+  want = dream_b16.get_config("runlocal").to_dict()
+  got = importlib.import_module(f"configs.{name}").get_config("runlocal").to_dict()
+  assert got["model"].pop("size") != want["model"].pop("size")
+  assert got == want
+
+
+@pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   """A NaN loss at step 3 stops the run with a clear error; checkpoint 2 (good) stays the
   latest and no checkpoint is written from the non-finite state (step 4 is never saved)."""
@@ -165,9 +207,10 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert Checkpointer(str(tmp_path / "checkpoints"), read_only=True).all_steps() == [2]
 
 
+@pytest.mark.slow
 def test_rng_impl_is_a_config_choice():
-  """config.rng_impl switches the PRNG of the whole run (the state's key has its shape);
-  the default is restored by the next Trainer; a bad name is a config error."""
+  """config.rng_impl switches the PRNG of the run (the state's key has its shape) without
+  touching the process-global default; a bad name is a config error."""
   from dream_jax.data import make_dataset
   from dream_jax.train import sharding
   from dream_jax.train.trainer import Trainer

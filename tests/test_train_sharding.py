@@ -2,11 +2,14 @@
 same initial state, same loss and metrics, same updated params, EMA and BN statistics."""
 import jax
 import numpy as np
+import pytest
 
 from dream_jax.data import make_dataset
 from dream_jax.train import sharding
 from dream_jax.train.trainer import Trainer
-from tests.test_train import tiny_config
+from tests.helpers import train_config as tiny_config
+
+pytestmark = pytest.mark.slow   # slow tier: trains, runs main.py or compiles a sampler
 
 
 def one_step(config, devices):

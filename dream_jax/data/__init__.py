@@ -1,6 +1,6 @@
 """Input data: `make_dataset(config, split)` -> a `DataSource` of host-local numpy batches.
 
-Batch (DESIGN.md section 6), B = config.batch_size // process_count (eval: min(B, eval share)):
+Batch (docs/DESIGN.md section 6), B = config.batch_size // process_count (eval: min(B, eval share)):
   image           [B, H, W, 3] float32 in [-1, 1]    (raw-image sources)
   latent_moments  [B, 2, h, w, c] float32            ('cache': VAE mean and log-variance)
   clip_ids        [B, text.context_length] int32     (CLIP-tower tokenizer)

@@ -204,7 +204,7 @@ class GaussianDiffusion:
     if t_count < 2:
       # The clipped posterior log-variance repeats entry 1 (reference): undefined for 1 step.
       raise ValueError(f"a diffusion chain needs at least 2 steps, got {t_count} (e.g. "
-                       "config.model.num_sampling_steps / sampling.num_diffusion_steps = '1')")
+                       "sampling.num_diffusion_steps = '1')")
     if timestep_map is None:
       timestep_map = np.arange(t_count)
     timestep_map = np.asarray(timestep_map, dtype=np.int64)

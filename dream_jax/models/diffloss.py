@@ -1,75 +1,185 @@
-"""MAR's DiffLoss glue: per-token diffusion loss for training and token sampling.
+"""MAR's DiffLoss in one place: the per-token diffusion head's training loss and its sampling
+chain, both bucketed to static row counts (reference: LTH14/mar `models/diffloss.py`).
 
-Both functions take the head as a plain callable `head_apply(x [M, C] f32, t [M] int32
-original timesteps, z [M, Dz]) -> [M, 2C] f32` (e.g. a bound `SimpleMLPAdaLN` or
-`functools.partial(head.apply, params)`), and a `GaussianDiffusion` chain:
-`GaussianDiffusion.create("")` (1000 steps) for training, `GaussianDiffusion.create("100")`
-(respaced) for sampling.
+The head network itself (`SimpleMLPAdaLN`, diffusion_head.py) is a submodule of the DREAM
+module (parameters under 'diffloss'); `DiffLoss` receives it as a plain callable
+`head_apply(x [M, C] f32, t [M] int32 original timesteps, z [M, Dz]) -> [M, 2C] f32`.
 
-Randomness: the model should pass `self.make_rng('diffusion')` (the 'diffusion' rng stream) as
-`rng`; nothing else here draws random numbers.
+  DiffLoss(token_dim=, head=config.model.head section values ...)
+  .loss(head_apply, z [B,L,Dz], target [B,L,C], weights [B,L], rng) -> (loss, per_token [B,L])
+  .sample(head_apply, z [N,Dz], rng, temperature=, cfg_scale=, num_steps=) -> x0 [N, C]
+
+Bucketing (`bucket_sizes`, `bucketed`): a dynamic count (counting tokens of the loss, visible
+tokens of the encoder, revealed tokens of a decoding step) is rounded up to one of a few
+static sizes and `lax.switch` runs only that size's branch, so work scales with the count.
+
+Randomness: `rng` is the 'diffusion' stream; nothing else here draws random numbers.
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from dream_jax.diffusion.gaussian import GaussianDiffusion
+from dream_jax.models import layers
 from dream_jax.models.diffusion_head import apply_with_cfg
 
 Array = jax.Array
 HeadApply = Callable[[Array, Array, Array], Array]
 
 
-def diffusion_loss_terms(head_apply: HeadApply, x0: Array, z: Array, rng: Array,
-                         num_timesteps: Optional[int], diffusion: GaussianDiffusion,
-                         mul: int = 1, return_terms: bool = False
-                         ) -> Union[Array, tuple[Array, dict]]:
-  """Per-token diffusion loss (MSE + vb), averaged over `mul` independent (t, noise) draws.
+# ------------------------------------------------------------------------- buckets
+def bucket_sizes(n: int, buckets: int) -> tuple[int, ...]:
+  """Static lengths a dynamic count in [0, n] is rounded up to: ceil(n*k/buckets), k=1..buckets
+  (with buckets > n this is 1..n)."""
+  return tuple(sorted({max(1, math.ceil(n * k / buckets)) for k in range(1, buckets + 1)}))
 
-  MAR trains each token with `diffusion_batch_mul` draws by repeating the rows; the repeated
-  rows are laid out draw-major ([draw 0: all rows, draw 1: all rows, ...]) and averaged back
-  here, which is equivalent to MAR's masked mean over the repeated batch (the mask repeats too).
 
-  Args:
-    head_apply: the diffusion head, see the module docstring.
-    x0: [N, C] float32 clean tokens.
-    z: [N, Dz] per-token condition.
-    rng: key of the 'diffusion' stream; split into t (uniform integers in
-      [0, num_timesteps)) and noise (N(0, 1), [mul * N, C] float32).
-    num_timesteps: range of t; None means `diffusion.num_timesteps` (1000).
-    diffusion: the training chain (its `timestep_map` maps t to the head's timestep).
-    mul: draws per token (MAR's diffusion_batch_mul; 4 in the paper configs).
-    return_terms: also return the [mul * N] 'mse', 'vb', 'loss', 't' of every draw.
-  Returns:
-    [N] float32 per-token loss (mean over the draws), and the terms dict if requested.
+def bucketed(count, sizes, branch_fn, *operands):
+  """Runs `branch_fn(size, *operands)` for the smallest static size >= count.
+
+  All branches are compiled into one program and `lax.switch` executes only the chosen one,
+  so the work scales with the bucket, not with the worst case. `count` must be a traced or
+  concrete int scalar that is <= sizes[-1].
   """
-  n = x0.shape[0]
-  num_timesteps = diffusion.num_timesteps if num_timesteps is None else num_timesteps
-  x0_rep = jnp.tile(x0, (mul, 1))
-  z_rep = jnp.tile(z, (mul, 1))
-  t_key, noise_key = jax.random.split(rng)
-  t = jax.random.randint(t_key, (mul * n,), 0, num_timesteps, dtype=jnp.int32)
-  noise = jax.random.normal(noise_key, x0_rep.shape, jnp.float32)
-  x_t = diffusion.q_sample(x0_rep, t, noise)
-  model_out = head_apply(x_t, diffusion.model_timesteps(t), z_rep)
-  terms = diffusion.training_losses(model_out, x0_rep, x_t, t, noise)
-  loss = jnp.mean(terms["loss"].reshape(mul, n), axis=0)
-  if return_terms:
-    return loss, dict(terms, t=t)
-  return loss
+  if len(sizes) == 1:
+    return branch_fn(sizes[0], *operands)
+  idx = jnp.searchsorted(jnp.asarray(sizes), count, side="left")
+  idx = jnp.minimum(idx, len(sizes) - 1)
+  return jax.lax.switch(idx, [functools.partial(branch_fn, k) for k in sizes], *operands)
+
+
+# ---------------------------------------------------------------------------- loss
+def draw_losses(head_apply: HeadApply, diffusion: GaussianDiffusion, x0: Array, z: Array,
+                t: Array, noise: Array) -> dict:
+  """Diffusion loss terms of `mul` draws per row (MAR's repeated batch, draw-major).
+
+  Args: x0 [n, C] f32 clean tokens; z [n, Dz]; t [mul, n] int32 timesteps of the original
+  chain; noise [mul, n, C] f32. Returns the 'mse', 'vb', 'loss' terms, each [mul, n].
+  """
+  mul, n = t.shape
+  c = x0.shape[-1]
+  x_rep, z_rep = jnp.tile(x0, (mul, 1)), jnp.tile(z, (mul, 1))
+  tf, nf = t.reshape(-1), noise.reshape(-1, c)
+  x_t = diffusion.q_sample(x_rep, tf, nf)
+  out = head_apply(x_t, diffusion.model_timesteps(tf), z_rep)
+  terms = diffusion.training_losses(out, x_rep, x_t, tf, nf)
+  return {k: terms[k].reshape(mul, n) for k in ("mse", "vb", "loss")}
+
+
+class DiffLoss:
+  """The head's training and sampling chains with their static bucketing (module docstring).
+
+  Args (all from `config.model`, plus `sampling.clip_denoised`): token_dim C;
+  num_train_timesteps, noise_schedule, prediction, loss_space (the training chain,
+  diffusion/gaussian.py); num_sampling_steps (default respacing of the sampling chain);
+  batch_mul (draws per token); buckets (static row counts of the loss);
+  clip_denoised (None, or clip the predicted x0 to [-c, c] while sampling).
+  """
+
+  def __init__(self, *, token_dim: int, num_train_timesteps: int, noise_schedule: str,
+               prediction: str, loss_space: str, num_sampling_steps: str, batch_mul: int,
+               buckets: int, clip_denoised: Optional[float]):
+    self.token_dim = int(token_dim)
+    self._chain = functools.partial(
+        GaussianDiffusion.create, noise_schedule=noise_schedule,
+        diffusion_steps=num_train_timesteps, prediction=prediction, loss_space=loss_space)
+    self.train_diffusion = self._chain("")
+    self.num_sampling_steps = str(num_sampling_steps)
+    self.batch_mul = int(batch_mul)
+    self.buckets = int(buckets)
+    self.clip_denoised = clip_denoised
+    self._sample_chains = {}
+
+  def sample_diffusion(self, num_steps: Optional[str] = None) -> GaussianDiffusion:
+    """The respaced chain for `num_steps` (a space_timesteps spec; default the config's)."""
+    key = str(num_steps or self.num_sampling_steps)
+    if key not in self._sample_chains:
+      self._sample_chains[key] = self._chain(key)
+    return self._sample_chains[key]
+
+  def loss(self, head_apply: HeadApply, z: Array, target: Array, weights: Array, rng: Array):
+    """Weighted diffusion loss computed ONLY on tokens with weight > 0.
+
+    t and noise are drawn for every (token, draw) at full shape and the counting rows are
+    gathered into a static bucket, so the loss and gradients equal the reference's
+    compute-everything-then-mask, with the head's FLOPs proportional to the counting tokens.
+
+    Args:
+      z: [B, L, Dz] decoder conditions; target: [B, L, C] clean tokens;
+      weights: [B, L] f32 (e.g. masked * gate / count); rng: the 'diffusion' stream.
+    Returns:
+      (sum(weights * per_token_loss), per_token_loss [B, L] (mean over the `batch_mul`
+      draws; 0 where weight == 0)).
+    """
+    b, l, c = target.shape
+    n, mul = b * l, self.batch_mul
+    diff = self.train_diffusion
+    k_t, k_n = jax.random.split(rng)
+    t = jax.random.randint(k_t, (mul, n), 0, diff.num_timesteps)
+    noise = jax.random.normal(k_n, (mul, n, c), jnp.float32)
+    # Rows are selected within G groups of whole samples, G = the batch shards of the mesh
+    # in scope (1 without one): each device gathers its own counting rows and the head's
+    # rows stay on the device that holds them (no all-to-all). Same loss for any G: every
+    # counting row is in its group's bucket, t and noise follow the row; only the
+    # summation order differs.
+    g = layers.batch_shards(b)
+    ng = n // g
+    w = weights.reshape(g, ng)
+    t = t.reshape(mul, g, ng).swapaxes(0, 1)                        # [G, mul, ng]
+    noise = noise.reshape(mul, g, ng, c).swapaxes(0, 1)             # [G, mul, ng, C]
+    zf, xf = z.reshape(g, ng, -1), target.reshape(g, ng, c).astype(jnp.float32)
+
+    def run(k, w, zf, xf, t, noise):
+      rows = jnp.argsort(w <= 0, axis=1, stable=True)[:, :k]        # [G, k] counting first
+      take = lambda a: jnp.take_along_axis(a, rows[..., None], axis=1)
+      tile = lambda a: jnp.broadcast_to(a[:, None], (g, mul) + a.shape[1:])
+      # Group-major rows [G * mul * k, ...]: split over the batch axes like the samples.
+      flat = lambda a: layers.constrain_batch(a.reshape((g * mul * k,) + a.shape[3:]))
+      rz, rx = flat(tile(take(zf))), flat(tile(take(xf)))
+      rt = flat(jnp.take_along_axis(t, rows[:, None], axis=2))     # [G, mul, k] -> rows
+      rn = flat(jnp.take_along_axis(noise, rows[:, None, :, None], axis=2))
+      x_t = diff.q_sample(rx, rt, rn)
+      out = head_apply(x_t, diff.model_timesteps(rt), rz)
+      terms = diff.training_losses(out, rx, x_t, rt, rn)
+      rw = jnp.take_along_axis(w, rows, axis=1)
+      per_row = jnp.where(rw > 0, terms["loss"].reshape(g, mul, k).mean(1), 0.0)
+      full = jnp.zeros((g, ng), jnp.float32).at[jnp.arange(g)[:, None], rows].add(per_row)
+      return (rw * per_row).sum(), full
+
+    sizes = bucket_sizes(ng, self.buckets)
+    loss, per_tok = bucketed((w > 0).sum(1).max(), sizes, run, w, zf, xf, t, noise)
+    return loss, per_tok.reshape(b, l)
+
+  # ------------------------------------------------------------------ sample
+  def sample(self, head_apply: HeadApply, z: Array, rng: Array, *,
+             temperature: Union[float, Array] = 1.0,
+             cfg_scale: Optional[Union[float, Array]] = None,
+             num_steps: Optional[str] = None) -> Array:
+    """Samples clean tokens for conditions z with the respaced chain (MAR's `sample`).
+
+    With `cfg_scale`, z holds the conditional rows then the unconditional rows ([2N, Dz]);
+    both halves share x_t and the noise, the guided eps is used for both, the variance is
+    not guided (MAR `forward_with_cfg`); the result is the conditional half [N, C].
+    Without, z is [N, Dz] and the result [N, C]. The predicted x0 is clipped only when
+    `clip_denoised` is set (None in paper configs, as the reference).
+    """
+    out = sample_tokens(head_apply, z, rng, temperature, cfg_scale,
+                        self.sample_diffusion(num_steps), self.token_dim, self.clip_denoised)
+    return out if cfg_scale is None else out[: z.shape[0] // 2]
 
 
 def sample_tokens(head_apply: HeadApply, z: Array, rng: Array,
                   temperature: Union[float, Array], cfg_scale: Optional[Union[float, Array]],
-                  diffusion: GaussianDiffusion, token_dim: int = 16,
+                  diffusion: GaussianDiffusion, token_dim: int,
                   clip_denoised: Optional[float] = None) -> Array:
-  """Samples one token per condition row with the (respaced) reverse chain (MAR's sample).
+  """One token per condition row with the (respaced) reverse chain, both CFG halves.
 
   Args:
-    head_apply: the diffusion head.
     z: [M, Dz] conditions. Without CFG, M = N rows. With CFG, M = 2N: the N conditional rows
       then the N unconditional rows (same token order).
     rng: key of the 'diffusion' stream (initial noise and per-step noise).
@@ -77,11 +187,10 @@ def sample_tokens(head_apply: HeadApply, z: Array, rng: Array,
     cfg_scale: None for no guidance; else the guidance scale (scalar, may be traced). With CFG
       the initial noise is shared between the halves and the guided eps is used by both.
     diffusion: the sampling chain, e.g. `GaussianDiffusion.create("100")`.
-    token_dim: C.
     clip_denoised: None (reference) or clip the predicted x0 to [-c, c] at every step.
   Returns:
-    [M, C] float32. With CFG both halves are returned, as MAR does; the caller keeps the first
-    N rows (the guided head only ever reads the first half of x, so that half is the sample).
+    [M, C] float32 (with CFG the guided head only ever reads the first half of x, so that
+    half is the sample).
   """
   m = z.shape[0]
   init_key, loop_key = jax.random.split(rng)

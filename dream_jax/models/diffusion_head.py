@@ -123,18 +123,18 @@ class SimpleMLPAdaLN(nn.Module):
   """MAR's diffusion MLP.
 
   Attributes:
-    in_channels: token dim C (16).
-    width: hidden width W (MAR `diffloss_w`, 1024 in the paper configs).
-    depth: number of residual blocks (MAR `diffloss_d`, 3).
+    in_channels: token dim C (16 for SD-VAE latents with 2x2 patches).
+    width: hidden width W (MAR `diffloss_w`; config.model.diff_width, 1024 in the paper).
+    depth: number of residual blocks (MAR `diffloss_d`; config.model.diff_depth, 3).
     out_channels: 2C by default (eps and variance values).
     frequency_embedding_size: sinusoid size (256).
     dtype: compute dtype of the Linears/LNs; the sinusoid is always float32, params float32,
       and the output is returned in float32.
     precision: matmul precision passed to every Dense (None = the JAX default).
   """
-  in_channels: int = 16
-  width: int = 1024
-  depth: int = 3
+  in_channels: int
+  width: int
+  depth: int
   out_channels: Optional[int] = None
   frequency_embedding_size: int = 256
   dtype: Dtype = jnp.float32

@@ -44,7 +44,8 @@ normal = nn.initializers.normal
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """Static sizes of a DREAM network (derived from a config by `spec_from_config`)."""
+  """Static sizes of a DREAM network (built from a run config by
+  `dream_jax.train.components.model_spec`; models never read configs)."""
   seq_len: int
   token_dim: int
   width: int
@@ -84,35 +85,6 @@ class ModelSpec:
   remat: str = "none"           # 'none' | 'dots' | 'full' (layers.remat_policy_name)
   scan_layers: bool = False     # nn.scan over identical blocks (layers.ScannedBlocks)
   token_readout: bool = False   # linear z -> token map for loss.w_token_regression
-
-
-def spec_from_config(config) -> ModelSpec:
-  from configs.common import derived  # configs is the single source of sizes
-  d = derived(config)
-  m, t = config.model, config.text
-  mlp = m.mlp_dim or int(m.width * m.mlp_ratio)
-  dec_mlp = m.mlp_dim or int(m.dec_width * m.mlp_ratio)
-  if t.cond_encoder in ("t5", "minilm"):
-    cond_dim, cond_len = t.cond_dim, t.cond_len
-  elif t.cond_encoder == "clip_tower":
-    cond_dim, cond_len = t.width, t.context_length
-  else:
-    cond_dim, cond_len = t.small_width, t.context_length
-  return ModelSpec(
-      seq_len=d["seq_len"], token_dim=d["token_dim"], width=m.width, depth=m.depth,
-      heads=m.heads, dec_width=m.dec_width, dec_depth=m.dec_depth, dec_heads=m.dec_heads,
-      mlp_dim=mlp, dec_mlp_dim=dec_mlp, buffer_size=m.buffer_size,
-      attn_dropout=m.attn_dropout, proj_dropout=m.proj_dropout, ln_eps=m.ln_eps,
-      embed_dim=m.embed_dim, proj_hidden=m.proj_hidden, bn_eps=m.bn_eps,
-      bn_momentum=m.bn_momentum, logit_scale_init=m.logit_scale_init,
-      aligner_depth=m.aligner_depth, cond_encoder=t.cond_encoder, cond_dim=cond_dim,
-      cond_len=cond_len, text_vocab=t.vocab_size, text_ctx=t.context_length,
-      text_width=t.width, text_layers=t.layers, text_heads=t.heads,
-      text_mlp_dim=int(t.width * t.mlp_ratio), text_ln_eps=t.ln_eps,
-      small_width=t.small_width, small_layers=t.small_layers, small_heads=t.small_heads,
-      diff_depth=m.diff_depth, diff_width=m.diff_width, dtype=config.compute_dtype,
-      remat=layers.remat_policy_name(m.remat), scan_layers=bool(m.scan_layers),
-      token_readout=config.loss.w_token_regression > 0)
 
 
 class ProjectionMLP(nn.Module):

@@ -23,3 +23,18 @@ def unpatchify(tokens, p: int, grid: int, channels: int):
   x = tokens.reshape(b, grid, grid, channels, p, p)
   x = jnp.transpose(x, (0, 1, 4, 2, 5, 3))  # b, gh, dy, gw, dx, c
   return x.reshape(b, grid * p, grid * p, channels)
+
+
+def token_layout(tokenizer_cfg, image_size: int) -> dict:
+  """Sizes implied by the image tokenizer section (`config.tokenizer`) at `image_size` pixels
+  (`config.data.image_size`): grid, seq_len (number of tokens L), token_dim (C),
+  latent_size and channels."""
+  t = tokenizer_cfg
+  stride = t.vae_stride if t.kind == "vae" else 1
+  channels = t.latent_channels if t.kind == "vae" else 3
+  if image_size % (stride * t.patch_size):
+    raise ValueError(f"data.image_size={image_size} must be divisible by "
+                     f"tokenizer.vae_stride*patch_size={stride * t.patch_size}")
+  grid = image_size // stride // t.patch_size
+  return dict(grid=grid, seq_len=grid * grid, token_dim=channels * t.patch_size ** 2,
+              latent_size=image_size // stride, channels=channels)

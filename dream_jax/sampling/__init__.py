@@ -4,9 +4,9 @@
   mar.py       the jittable decoding loop (`MarDecoder`) and plain decoding
   sad.py       SAD (K candidates, select at step T, finish the winners) and best-of-K
 
-`Sampler` is the host-side entry point: it tokenizes prompts (the caption tokenizer for the
-CLIP tower and the generation condition, exactly as the data pipeline does, and the empty
-caption from the objective for the unconditional branch), keeps one jitted program per
+`Sampler` is the host-side entry point: it tokenizes prompts (with the `tokenize` callable
+its builder gives it, the data pipeline's caption tokenization; the empty caption of the
+`Conditioning` is the unconditional branch), keeps one jitted program per
 (static options, prompt count), and returns numpy arrays. `make_predict_fns` exposes it to
 the trainer and evaluators as named predict functions:
 
@@ -35,38 +35,34 @@ import numpy as np
 from dream_jax.sampling import mar, sad
 from dream_jax.sampling import schedule as sched_lib
 
-__all__ = ["Sampler", "make_predict_fns", "build_objective", "mar", "sad", "sched_lib"]
+__all__ = ["Sampler", "make_predict_fns", "mar", "sad", "sched_lib"]
 
 _DECODE_KEYS = ("num_steps", "num_diffusion_steps", "cfg_schedule", "encoder_buckets",
                 "head_buckets")
 
 
-def build_objective(model, config, image_tokens=None):
-  """A `DreamObjective` for sampling: the config's caption tokenizer's end-of-text id and the
-  empty caption tokenized as the data pipeline tokenizes captions."""
-  from dream_jax.objective import DreamObjective
-  tok = _caption_tokens(config)
-  empty = tok("")
-  uncond = {k: np.asarray(v)[None] for k, v in empty.items()}
-  return DreamObjective(model, config, eot_id=tok.tok.eot_id, uncond=uncond,
-                        image_tokens=image_tokens)
-
-
-def _caption_tokens(config):
-  """The data pipeline's caption tokenization (CLIP-tower ids + generation condition)."""
-  from dream_jax.data import text_tokenizer
-  from dream_jax.data.pipeline import CaptionTokens  # numpy-only import
-  return CaptionTokens(config.text, text_tokenizer(config))
-
-
 class Sampler:
-  """Host-side sampler of one model/config (see the module docstring)."""
+  """Host-side sampler of one model/config (see the module docstring).
 
-  def __init__(self, model, config, image_tokens, objective, frozen=None):
+  Args:
+    model: DreamModel; config: the run config (its sampling section gives the defaults).
+    image_tokens: tokens <-> images (`from_tokens(frozen_vae, tokens)`).
+    conditioning: the run's `dream_jax.conditioning.Conditioning` (its `empty` caption is
+      the unconditional input).
+    tokenize: prompts list[str] -> {'clip_ids' [P, ctx], 'cond_ids', 'cond_mask'} numpy,
+      the data pipeline's caption tokenization (the builder, train/components, gives it).
+    frozen: frozen params to bind (optional).
+  """
+
+  def __init__(self, model, config, image_tokens, conditioning, tokenize: Callable,
+               frozen=None):
     self.model, self.config = model, config
-    self.image_tokens, self.objective = image_tokens, objective
+    self.image_tokens, self.conditioning = image_tokens, conditioning
+    self._tokenize = tokenize
+    self.fns = mar.TextFns(condition=lambda v, f, b: conditioning.condition(v, f, b),
+                           embed=conditioning.text_embedding,
+                           detokenize=image_tokens.from_tokens)
     self.bound_frozen = frozen
-    self._caption = None
     self._programs = {}
     self.seq_len = model.spec.seq_len
 
@@ -78,10 +74,7 @@ class Sampler:
     prompts = list(prompts)
     if not prompts:
       raise ValueError("the prompt list is empty: give at least one prompt")
-    if self._caption is None:
-      self._caption = _caption_tokens(self.config)
-    rows = [self._caption(p) for p in prompts]
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return self._tokenize(prompts)
 
   def options(self, overrides: dict) -> mar.DecodeOptions:
     cfg = float(overrides.get("cfg", self.config.sampling.cfg))
@@ -123,8 +116,7 @@ class Sampler:
       dec = self.decoder(opts)
       fn = {"plain": mar.decode_plain, "sad": sad.decode_sad,
             "best_of_k": sad.decode_best_of_k}[kind]
-      self._programs[key] = jax.jit(functools.partial(
-          fn, dec, self.objective, self.image_tokens, **static))
+      self._programs[key] = jax.jit(functools.partial(fn, dec, self.fns, **static))
     return self._programs[key]
 
   def frozen(self, frozen):
@@ -160,7 +152,7 @@ class Sampler:
     opts = self.options(overrides)
     batch, temp, cfg = self._inputs(prompts, overrides)
     frozen = self.frozen(frozen)
-    out = self.program("plain", opts)(variables, frozen, batch, self.objective.uncond, rng,
+    out = self.program("plain", opts)(variables, frozen, batch, self.conditioning.empty, rng,
                                       temp, cfg)
     return jax.device_get(out)
 
@@ -175,7 +167,7 @@ class Sampler:
                       critic=overrides.get("critic", "final"),
                       return_candidates=bool(overrides.get("return_candidates", False)))
     frozen = self.frozen(frozen)
-    out = jax.device_get(fn(variables, frozen, batch, self.objective.uncond, rng, temp, cfg))
+    out = jax.device_get(fn(variables, frozen, batch, self.conditioning.empty, rng, temp, cfg))
     out["sad_step"] = t
     out["revealed_share"] = sched_lib.reveal_schedule(self.seq_len,
                                                       opts.num_steps).revealed_share(t)
@@ -192,7 +184,7 @@ class Sampler:
     batch, temp, cfg = self._inputs(prompts, overrides)
     fn = self.program("best_of_k", opts, num_candidates=k, decode_all=decode_all)
     frozen = self.frozen(frozen)
-    out = jax.device_get(fn(variables, frozen, batch, self.objective.uncond, rng, temp, cfg))
+    out = jax.device_get(fn(variables, frozen, batch, self.conditioning.empty, rng, temp, cfg))
     if scorer is not None:
       p = len(out["images"])
       cand = out["candidates"]
@@ -205,11 +197,12 @@ class Sampler:
     return out
 
 
-def make_predict_fns(model, config, image_tokens, objective, frozen=None) -> dict:
+def make_predict_fns(model, config, image_tokens, conditioning, tokenize: Callable,
+                     frozen=None) -> dict:
   """Named predict functions for the trainer and evaluators: sample, sample_sad, best_of_k
   (each `(variables, frozen, prompts, rng, **overrides) -> dict(images uint8 [N,H,W,3], ...)`).
 
   Evaluators do not hold the frozen parameters: bind them here (`frozen=`) and call with
   `frozen=None`; None without bound params works only for configs that need none."""
-  s = Sampler(model, config, image_tokens, objective, frozen=frozen)
+  s = Sampler(model, config, image_tokens, conditioning, tokenize, frozen=frozen)
   return dict(sample=s.sample, sample_sad=s.sample_sad, best_of_k=s.best_of_k)

@@ -1,5 +1,5 @@
 """MAR decoding as one jittable program: the step loop is a `lax.fori_loop` over preallocated
-state (DESIGN.md section 3; reference LTH14/mar `MAR.sample_tokens`, loop structure after
+state (docs/DESIGN.md section 3; reference LTH14/mar `MAR.sample_tokens`, loop structure after
 big_vision's GIVT `parallel_decode`).
 
 State (B images, L tokens of dim C): `tokens` [B, L, C] float32 (zeros where not decoded yet)
@@ -25,7 +25,7 @@ One step s (all inside the loop body, no host round trip):
      and the EMPTY caption's condition, both computed once before the loop.
   3. the newly revealed positions are gathered into a static row count per step: the
      revealed count of step s (<= max over steps) rounded up to one of
-     `head_sizes(schedule, head_buckets)`; extra rows are computed and dropped. Sampling all
+     `bucket_sizes(max revealed, head_buckets)`; extra rows are computed and dropped. Sampling all
      L positions and selecting would cost L / revealed_s head rows per useful row (~40x at
      L=256, N=64); one static max size costs N*max/L (~1.75x); buckets cost less (printed
      by the benchmark).
@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dream_jax.models.api import DreamModel, bucket_sizes, bucketed
+from dream_jax.models.api import DreamModel
+from dream_jax.models.diffloss import bucket_sizes, bucketed
 from dream_jax.sampling import schedule as sched_lib
 
 
@@ -74,10 +75,10 @@ class DecodeOptions:
   """
   num_steps: int
   num_diffusion_steps: str
-  cfg_schedule: str = "linear"
-  guided: bool = True
-  encoder_buckets: int = 4
-  head_buckets: int = 4
+  cfg_schedule: str
+  guided: bool
+  encoder_buckets: int
+  head_buckets: int
 
 
 def options_from_config(config, **overrides) -> DecodeOptions:
@@ -127,7 +128,9 @@ class MarDecoder:
     self.schedule = sched_lib.reveal_schedule(self.L, options.num_steps)
     self.masked_path = model.encoder_path == "masked"
     self.enc_sizes = bucket_sizes(self.L, max(1, options.encoder_buckets))
-    self.head_sizes = sched_lib.head_sizes(self.schedule, options.head_buckets)
+    # Static row counts the per-step revealed count is rounded up to (0-reveal steps use the
+    # smallest size with every row masked out).
+    self.head_sizes = bucket_sizes(self.schedule.max_revealed, max(1, options.head_buckets))
 
   # ------------------------------------------------------------------ pieces
   def encode(self, variables, tokens, visible, count):
@@ -152,14 +155,7 @@ class MarDecoder:
     and the guidance scale [N] float32 (cfg may be traced)."""
     s = self.schedule
     i32 = lambda a: jnp.asarray(np.asarray(a, np.int32))
-    if self.opts.cfg_schedule == "linear":
-      frac = jnp.asarray((s.seq_len - s.mask_len) / s.seq_len, jnp.float32)
-      scale = 1.0 + (cfg - 1.0) * frac
-    elif self.opts.cfg_schedule == "constant":
-      scale = jnp.full((s.num_steps,), 1.0, jnp.float32) * cfg
-    else:
-      raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got "
-                       f"{self.opts.cfg_schedule!r}")
+    scale = sched_lib.cfg_scales(s, jnp.asarray(cfg, jnp.float32), self.opts.cfg_schedule)
     return dict(masked_before=i32(s.masked_before), masked_after=i32(s.masked_after),
                 revealed=i32(s.revealed), visible=i32(s.visible),
                 cfg=scale.astype(jnp.float32))
@@ -226,6 +222,19 @@ class MarDecoder:
 
 
 # ---------------------------------------------------------------- conditions
+class TextFns(NamedTuple):
+  """The closures a decoding program needs from the run (maskgit style; built by `Sampler`
+  from the `Conditioning` and the image tokenizer):
+
+    condition(variables, frozen, batch) -> (ctx [R, Lc, Ddec], mask [R, Lc])
+    embed(variables, clip_ids [P, ctx]) -> unit text embeddings [P, E] (the SAD critic)
+    detokenize(frozen_vae, tokens [B, L, C]) -> images [B, H, W, 3] in [-1, 1]
+  """
+  condition: Callable
+  embed: Callable
+  detokenize: Callable
+
+
 class PromptCond(NamedTuple):
   """Conditions of P prompts and of the empty caption, before repetition / stacking."""
   ctx: jax.Array      # [P, Lc, Ddec]
@@ -234,12 +243,12 @@ class PromptCond(NamedTuple):
   umask: jax.Array    # [1, Lc] bool
 
 
-def prompt_cond(objective, variables, frozen, batch, uncond, guided: bool) -> PromptCond:
+def prompt_cond(fns: TextFns, variables, frozen, batch, uncond, guided: bool) -> PromptCond:
   """Aligner outputs for `batch` (see `decode_plain`) and, when guided, the empty caption
   `uncond` ([1, ...] rows). Computed once per program, outside the step loop."""
-  ctx, mask = objective.condition(variables, frozen, batch)
+  ctx, mask = fns.condition(variables, frozen, batch)
   if guided:
-    uctx, umask = objective.condition(variables, frozen, uncond)
+    uctx, umask = fns.condition(variables, frozen, uncond)
     uctx, umask = uctx[:1].astype(ctx.dtype), umask[:1].astype(mask.dtype)
   else:
     uctx, umask = ctx[:0], mask[:0]
@@ -258,36 +267,29 @@ def expand_cond(pc: PromptCond, guided: bool, repeat: int = 1) -> Cond:
   return Cond(jnp.concatenate([ctx, uctx], 0), jnp.concatenate([mask, umask], 0))
 
 
-def text_embedding(model: DreamModel, objective, variables, clip_ids):
-  """Unit CLIP-tower embeddings [P, E] of the prompts (the SAD / rerank critic's text side)."""
-  eot = model.eot_positions(clip_ids, objective.eot_id)
-  emb, _ = model.embed_text(variables, clip_ids, eot)
-  return emb
-
-
 def to_uint8(images):
   """[-1, 1] float -> uint8 [0, 255] (round half away from zero on the scaled value)."""
   return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 # ------------------------------------------------------------------- programs
-def decode_plain(decoder: MarDecoder, objective, image_tokens, variables, frozen, batch,
-                 uncond, rng, temperature, cfg) -> dict:
+def decode_plain(decoder: MarDecoder, fns: TextFns, variables, frozen, batch, uncond, rng,
+                 temperature, cfg) -> dict:
   """Plain MAR decoding of P prompts (jit with `decoder` etc. bound; one executable).
 
   Args:
     variables: {'params' (EMA), 'batch_stats'}; frozen: {'vae', 'text'} frozen parameters.
     batch: the prompts' text inputs {'clip_ids' [P, ctx] int32, and 'cond_ids'/'cond_mask'
       [P, Lc] as the data pipeline makes them}; uncond: the same keys for the empty caption
-      ([1, ...] rows, e.g. `objective.uncond`).
+      ([1, ...] rows, e.g. `Conditioning.empty`).
     rng: a jax.random key; temperature, cfg: float32 scalars.
   Returns:
     dict(images uint8 [P, H, W, 3], tokens float32 [P, L, C]).
   """
   p = batch["clip_ids"].shape[0]
   guided = decoder.opts.guided
-  cond = expand_cond(prompt_cond(objective, variables, frozen, batch, uncond, guided), guided)
+  cond = expand_cond(prompt_cond(fns, variables, frozen, batch, uncond, guided), guided)
   state = init_state(order_key(rng), p, decoder.L, decoder.C)
   state = decoder.run(variables, state, cond, rng, temperature, cfg, 0, decoder.opts.num_steps)
-  images = to_uint8(image_tokens.from_tokens(frozen.get("vae"), state.tokens))
+  images = to_uint8(fns.detokenize(frozen.get("vae"), state.tokens))
   return dict(images=images, tokens=state.tokens)

@@ -1,4 +1,4 @@
-"""Semantically Aligned Decoding (SAD) and the best-of-K baseline (DESIGN.md section 3).
+"""Semantically Aligned Decoding (SAD) and the best-of-K baseline (docs/DESIGN.md section 3).
 
 SAD. For each of P prompts, K candidates share the prompt's text and ONE random order and
 are decoded together as a batch of K*P (rows prompt-major: row p*K + k) for the first T of N
@@ -40,8 +40,8 @@ def _gather(state: mar.DecodeState, rows) -> mar.DecodeState:
   return jax.tree.map(lambda a: a[rows], state)
 
 
-def decode_sad(decoder: mar.MarDecoder, objective, image_tokens, variables, frozen, batch,
-               uncond, rng, temperature, cfg, *, num_candidates: int, sad_step: int,
+def decode_sad(decoder: mar.MarDecoder, fns: mar.TextFns, variables, frozen, batch, uncond,
+               rng, temperature, cfg, *, num_candidates: int, sad_step: int,
                critic: str = "final", return_candidates: bool = False) -> dict:
   """SAD for P prompts (arguments as `mar.decode_plain`; K, T, critic static).
 
@@ -53,12 +53,12 @@ def decode_sad(decoder: mar.MarDecoder, objective, image_tokens, variables, froz
   """
   if critic not in CRITICS:
     raise ValueError(f"critic must be one of {CRITICS}, got {critic!r}")
-  model, sch = decoder.model, decoder.schedule
+  sch = decoder.schedule
   k, t, n = int(num_candidates), int(sad_step), decoder.opts.num_steps
   p = batch["clip_ids"].shape[0]
   guided = decoder.opts.guided
-  pc = mar.prompt_cond(objective, variables, frozen, batch, uncond, guided)
-  text_k = jnp.repeat(mar.text_embedding(model, objective, variables, batch["clip_ids"]), k, 0)
+  pc = mar.prompt_cond(fns, variables, frozen, batch, uncond, guided)
+  text_k = jnp.repeat(fns.embed(variables, batch["clip_ids"]), k, 0)
 
   # Phase 1: K*P candidates, steps [0, T), one shared order per prompt.
   state = mar.init_state(mar.order_key(rng), p, decoder.L, decoder.C, repeat=k)
@@ -87,7 +87,7 @@ def decode_sad(decoder: mar.MarDecoder, objective, image_tokens, variables, froz
   scores = crit.reshape(p, k)
   winner = jnp.argmax(scores, axis=1).astype(jnp.int32)
   if return_candidates:
-    cand = image_tokens.from_tokens(frozen.get("vae"), state.tokens)
+    cand = fns.detokenize(frozen.get("vae"), state.tokens)
     out["candidates"] = mar.to_uint8(cand).reshape((p, k) + cand.shape[1:])
     out["candidate_tokens"] = state.tokens.reshape((p, k) + state.tokens.shape[1:])
 
@@ -95,13 +95,13 @@ def decode_sad(decoder: mar.MarDecoder, objective, image_tokens, variables, froz
   state = _gather(state, jnp.arange(p) * k + winner)
   state = decoder.run(variables, state, mar.expand_cond(pc, guided), rng, temperature, cfg,
                       t, n)
-  images = mar.to_uint8(image_tokens.from_tokens(frozen.get("vae"), state.tokens))
+  images = mar.to_uint8(fns.detokenize(frozen.get("vae"), state.tokens))
   out.update(images=images, tokens=state.tokens, scores=scores, winner=winner)
   return out
 
 
-def decode_best_of_k(decoder: mar.MarDecoder, objective, image_tokens, variables, frozen,
-                     batch, uncond, rng, temperature, cfg, *, num_candidates: int,
+def decode_best_of_k(decoder: mar.MarDecoder, fns: mar.TextFns, variables, frozen, batch,
+                     uncond, rng, temperature, cfg, *, num_candidates: int,
                      decode_all: bool = False) -> dict:
   """Best-of-K with the model's own heads (arguments as `mar.decode_plain`).
 
@@ -109,15 +109,14 @@ def decode_best_of_k(decoder: mar.MarDecoder, objective, image_tokens, variables
   [P,K] (cosine of the full-image embedding with the text), winner [P]; with decode_all
   also candidates uint8 [P,K,H,W,3] (for an external scorer or a figure)).
   """
-  model = decoder.model
   k, n = int(num_candidates), decoder.opts.num_steps
   p = batch["clip_ids"].shape[0]
   guided = decoder.opts.guided
-  pc = mar.prompt_cond(objective, variables, frozen, batch, uncond, guided)
+  pc = mar.prompt_cond(fns, variables, frozen, batch, uncond, guided)
   state = mar.init_state(mar.order_key(rng), p * k, decoder.L, decoder.C)
   state = decoder.run(variables, state, mar.expand_cond(pc, guided, repeat=k), rng,
                       temperature, cfg, 0, n)
-  text_k = jnp.repeat(mar.text_embedding(model, objective, variables, batch["clip_ids"]), k, 0)
+  text_k = jnp.repeat(fns.embed(variables, batch["clip_ids"]), k, 0)
   full = jnp.ones(state.tokens.shape[:2], bool)                         # nothing masked
   hidden, valid = decoder.encode(variables, state.tokens, full, decoder.L)
   scores = decoder.score(variables, hidden, valid, text_k).reshape(p, k)
@@ -126,12 +125,12 @@ def decode_best_of_k(decoder: mar.MarDecoder, objective, image_tokens, variables
   out = dict(tokens=best, scores=scores, winner=winner)
   vae = frozen.get("vae")
   if decode_all:
-    cand = mar.to_uint8(image_tokens.from_tokens(vae, state.tokens))
+    cand = mar.to_uint8(fns.detokenize(vae, state.tokens))
     cand = cand.reshape((p, k) + cand.shape[1:])
     out["candidates"] = cand
     out["images"] = cand[jnp.arange(p), winner]
   else:
-    out["images"] = mar.to_uint8(image_tokens.from_tokens(vae, best))
+    out["images"] = mar.to_uint8(fns.detokenize(vae, best))
   return out
 
 

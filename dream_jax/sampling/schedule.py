@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -85,12 +86,17 @@ def reveal_schedule(seq_len: int, num_steps: int) -> RevealSchedule:
   return RevealSchedule(seq_len, num_steps, arr(mask_len), arr(before), arr(after))
 
 
-def cfg_scales(schedule: RevealSchedule, cfg: float, kind: str) -> np.ndarray:
-  """Guidance scale of every step [N] float64: 'linear' (MAR/Muse) or 'constant'."""
+def cfg_scales(schedule: RevealSchedule, cfg, kind: str):
+  """Guidance scale of every step [N]: 'linear' (MAR/Muse: grows with the revealed share)
+  or 'constant'. A Python `cfg` gives float64 numpy; a jax scalar (traced inside the
+  decoding program) gives float32 jax values."""
+  host = isinstance(cfg, (int, float, np.floating))
+  xp, dtype = (np, np.float64) if host else (jnp, jnp.float32)
   if kind == "linear":
-    return 1.0 + (cfg - 1.0) * (schedule.seq_len - schedule.mask_len) / schedule.seq_len
+    frac = xp.asarray((schedule.seq_len - schedule.mask_len) / schedule.seq_len, dtype)
+    return 1.0 + (cfg - 1.0) * frac
   if kind == "constant":
-    return np.full((schedule.num_steps,), float(cfg))
+    return xp.full((schedule.num_steps,), 1.0, dtype) * cfg
   raise ValueError(f"sampling.cfg_schedule must be 'linear' or 'constant', got {kind!r}")
 
 
@@ -114,17 +120,6 @@ def check_sad_step(schedule: RevealSchedule, sad_step: int) -> int:
         f"[1, {schedule.num_steps}] (the number of decoding steps done before selection; "
         f"T=0 would score candidates with nothing decoded)")
   return t
-
-
-def head_sizes(schedule: RevealSchedule, buckets: int) -> tuple[int, ...]:
-  """Static row counts the per-step revealed count is rounded up to (diffusion head).
-
-  ceil(n_max * k / buckets) for k = 1..buckets (as `models.api.bucket_sizes`); 0-reveal
-  steps use the smallest size with every row masked out.
-  """
-  n = schedule.max_revealed
-  b = max(1, min(int(buckets), n))
-  return tuple(sorted({max(1, math.ceil(n * k / b)) for k in range(1, b + 1)}))
 
 
 def rounded_up(counts: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:

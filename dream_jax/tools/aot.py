@@ -75,8 +75,8 @@ def analytic_flops(config, enc_tokens: int, head_rows: float) -> float:
   head_rows: diffusion-head rows per sample (masked tokens x diffusion_batch_mul).
   The frozen VAE / T5 are not counted (cached inputs).
   """
-  from configs.common import derived
-  m, t, d = config.model, config.text, derived(config)
+  from dream_jax.models.patchify import token_layout
+  m, t, d = config.model, config.text, token_layout(config.tokenizer, config.data.image_size)
   l, c = d["seq_len"], d["token_dim"]
   mlp = m.mlp_dim or int(m.width * m.mlp_ratio)
   dmlp = m.mlp_dim or int(m.dec_width * m.mlp_ratio)
@@ -104,8 +104,8 @@ def analytic_flops(config, enc_tokens: int, head_rows: float) -> float:
 
 
 def flop_report(config, ratio: float) -> dict:
-  from configs.common import derived
-  l = derived(config)["seq_len"]
+  from dream_jax.models.patchify import token_layout
+  l = token_layout(config.tokenizer, config.data.image_size)["seq_len"]
   mul = config.model.diffusion_batch_mul
   masked = math.ceil(l * ratio)
   top = analytic_flops(config, l, l * mul)
@@ -150,9 +150,10 @@ def count_collectives(hlo_text: str) -> dict:
 # ----------------------------------------------------------------------- inputs
 def abstract_batch(config, mesh, inputs: str) -> dict:
   """ShapeDtypeStructs of one global training batch (data/__init__.py), batch-sharded."""
-  from configs.common import derived
+  from dream_jax.models.patchify import token_layout
   from dream_jax.train import sharding
-  b, d, t = config.batch_size, derived(config), config.text
+  b, t = config.batch_size, config.text
+  d = token_layout(config.tokenizer, config.data.image_size)
   sh = sharding.batch_sharding(mesh)
   s = lambda shape, dt: jax.ShapeDtypeStruct((b,) + tuple(shape), np.dtype(dt), sharding=sh)
   batch = dict(clip_ids=s((t.context_length,), "int32"))
@@ -161,7 +162,7 @@ def abstract_batch(config, mesh, inputs: str) -> dict:
     ls, ch = d["latent_size"], d["channels"]
     batch["latent_moments"] = s((2, ls, ls, ch), "float32")
   else:
-    size = config.tokenizer.image_size
+    size = config.data.image_size
     batch["image"] = s((size, size, 3), "float32")
   if t.cond_encoder in ("t5", "minilm"):
     if raw:

@@ -91,9 +91,9 @@ def convert_dream_torch(src: str, dst: str, config_path: str = "") -> dict:
   variables = convert_official.variables_from_official(sd)
   if config_path:
     import jax
-    from dream_jax.models.api import DreamModel
+    from dream_jax.train.components import build_model
     from configs.common import load_config_file
-    model = DreamModel(load_config_file(config_path))
+    model = build_model(load_config_file(config_path))
     convert_official.check_against(variables, jax.eval_shape(model.init, jax.random.key(0)))
   meta = dict(kind="dream_torch", source=os.path.abspath(src),
               skipped=[k for k in sd if k in convert_official.UNUSED])

@@ -3,7 +3,7 @@
   python -m dream_jax.tools.describe --config=configs/dream_g16.py
 
 Prints one line per component, the frozen tokenizer / text encoder on their own labelled
-lines (they do not train), and `total trainable: N`. The official counts (PERF_ANCHOR.md)
+lines (they do not train), and `total trainable: N`. The official counts (docs/PERF_ANCHOR.md)
 include a 1000-class embedding that text-to-image never uses; `--official` adds it so the
 two can be compared line for line.
 """
@@ -16,10 +16,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_OFFICIAL = flags.DEFINE_bool("official", False,
-                              "Also count the official model's unused parts (1000-class "
-                              "embedding, fake_latent) for comparison with its count.")
+
+
+def _define_flags():
+  """Only when run as a program: importing `count_params` defines no global flags."""
+  config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+  flags.DEFINE_bool("official", False, "Also count the official model's unused parts "
+                    "(1000-class embedding, fake_latent) for comparison with its count.")
+
 
 GROUPS = (
     ("encoder", ("z_proj", "z_proj_ln", "buffer_embed", "encoder_pos_embed", "encoder_blocks",
@@ -36,8 +40,8 @@ GROUPS = (
 
 def count_params(config) -> dict:
   """{component: count} for the trainable DREAM parameters (+ 'total')."""
-  from dream_jax.models.api import DreamModel
-  model = DreamModel(config)
+  from dream_jax.train.components import build_model
+  model = build_model(config)
   shapes = jax.eval_shape(model.init, jax.random.key(0))["params"]
   counts = collections.OrderedDict((g, 0) for g, _ in GROUPS)
   for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
@@ -67,12 +71,12 @@ def encoder_flops(config, mask_ratio: float) -> dict:
   ('drop exact'), rounded up to the static bucket in practice ('drop bucketed').
   """
   import math
-  from configs.common import derived
-  from dream_jax.models.api import bucket_sizes
+  from dream_jax.models.patchify import token_layout
+  from dream_jax.models.diffloss import bucket_sizes
   m = config.model
   d, depth, buf = m.width, m.depth, m.buffer_size
   mlp = m.mlp_dim or int(d * m.mlp_ratio)
-  seq = derived(config)["seq_len"]
+  seq = token_layout(config.tokenizer, config.data.image_size)["seq_len"]
   per_block = lambda s: 2 * s * d * (3 * d + d + 2 * mlp) + 4 * s * s * d
   visible = seq - math.ceil(seq * mask_ratio)
   bucket = next(k for k in bucket_sizes(seq, m.encoder_buckets) if k >= visible)
@@ -83,7 +87,7 @@ def encoder_flops(config, mask_ratio: float) -> dict:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   counts = count_params(config)
   for k, v in counts.items():
     if k != "total":
@@ -94,7 +98,7 @@ def main(argv):
     print(f"{'frozen image tokenizer (VAE)':32s} {'not trained':>15s}  ({src})")
   if x.cond_encoder in ("t5", "minilm"):
     print(f"{'frozen text encoder':32s} {'not trained':>15s}  ({x.cond_encoder})")
-  if _OFFICIAL.value:
+  if flags.FLAGS.official:
     extra = official_extras(config)
     print(f"{'official unused (class emb)':32s} {extra:>15,d}")
     print(f"official-comparable total: {counts['total'] + extra:,d}")
@@ -107,4 +111,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -46,6 +46,11 @@ def _upgrade(raw: dict) -> dict:
     data["name"] = "shapes"
   if "embedded_size" in data:
     data["shapes_size"] = data.pop("embedded_size")
+  data.pop("shuffle_buffer", None)                       # never read
+  # One key each: the image side is data.image_size; the head's sampling respacing is
+  # sampling.num_diffusion_steps (the sampler always passed it explicitly).
+  raw.get("tokenizer", {}).pop("image_size", None)
+  raw.get("model", {}).pop("num_sampling_steps", None)
   return raw
 
 

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from dream_jax.models.api import weight_decay_mask
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
   """clip_by_global_norm(grad_clip) -> Adam(b1, b2) -> + wd * p on decayed params.
 
-  The decay mask is `models.api.weight_decay_mask` (reference: no decay on `.bias`, 1-D
+  The decay mask is `weight_decay_mask` (reference: no decay on `.bias`, 1-D
   params and the whole diffusion head; logit scale and embeddings ARE decayed).
   """
   o = config.optim
   parts = []
   if o.grad_clip:
     parts.append(optax.clip_by_global_norm(float(o.grad_clip)))
-  parts.append(optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2), eps=1e-8))
+  parts.append(optax.scale_by_adam(b1=float(o.b1), b2=float(o.b2), eps=float(o.eps)))
   if o.weight_decay:
     parts.append(optax.add_decayed_weights(float(o.weight_decay),
                                            mask=lambda p: weight_decay_mask(p, config)))
@@ -66,3 +66,32 @@ def update_ema(ema_params, params, decay):
 
 def global_norm(tree):
   return optax.tree.norm(tree)
+
+
+def weight_decay_mask(params, config):
+  """True where AdamW decays, reproducing the reference by MEANING.
+
+  The reference exempts parameters whose names end in `.bias`, 1-D parameters (LayerNorm /
+  BatchNorm scales) and the whole diffusion head, and therefore DOES decay the scalar logit
+  scale, position embeddings, mask token, buffer and token embeddings. Config flags turn the
+  decay of the logit scale / embeddings off (deviations from the paper; off in paper configs).
+  """
+  o = config.optim
+  embed_names = {"buffer_embed", "encoder_pos_embed", "decoder_pos_embed", "mask_token",
+                 "diffusion_pos_embed", "text_pos_embed", "token_embedding",
+                 "positional_embedding", "pos_embed"}
+
+  def decide(path, leaf):
+    names = [getattr(k, "key", str(k)) for k in path]
+    name = names[-1]
+    if "diffloss" in names:
+      return False
+    if name == "logit_scale":
+      return bool(o.decay_logit_scale)
+    if name in embed_names:
+      return bool(o.decay_embeddings)
+    if name == "bias" or np.ndim(leaf) == 1:
+      return False
+    return True
+
+  return jax.tree_util.tree_map_with_path(decide, params)

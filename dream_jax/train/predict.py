@@ -63,8 +63,7 @@ def hosted(mesh, fn):
 
 def make_predict_fns(components, frozen, mesh) -> dict:
   """The trainer's predict functions (module docstring)."""
-  model, obj, tok = components.model, components.objective, components.image_tokens
-  eot = components.eot_id
+  model, text, tok = components.model, components.conditioning, components.image_tokens
   out_sh = sharding.batch_sharding(mesh)
 
   @functools.partial(jax.jit, out_shardings=out_sh)
@@ -75,8 +74,7 @@ def make_predict_fns(components, frozen, mesh) -> dict:
 
   @functools.partial(jax.jit, out_shardings=out_sh)
   def embed_text(variables, batch):
-    ids = batch["clip_ids"]
-    return model.embed_text(variables, ids, model.eot_positions(ids, eot))[0]
+    return text.text_embedding(variables, batch["clip_ids"])
 
   @functools.partial(jax.jit, static_argnums=(2, 3, 4), out_shardings=out_sh)
   def diffusion_loss_at(variables, batch, ratio: float, seed: int, other_z: bool = False):
@@ -86,7 +84,7 @@ def make_predict_fns(components, frozen, mesh) -> dict:
     orders = jnp.broadcast_to(masking.random_orders(k_order, 1, l), (b, l))
     mask = masking.mask_from_orders(orders, masking.num_masked(jnp.full((b,), ratio), l))
     enc = model.encode_image(variables, tokens, ~mask, train=False)
-    ctx, ctx_mask = obj.condition(variables, frozen, batch, drop=None, train=False)
+    ctx, ctx_mask = text.condition(variables, frozen, batch, drop=None, train=False)
     z = model.decode(variables, enc.hidden, enc.valid, ctx, ctx_mask, train=False)
     m = mask.astype(jnp.float32)
 
@@ -107,5 +105,5 @@ def make_predict_fns(components, frozen, mesh) -> dict:
     make = None
   if make is not None:
     # Frozen params are bound here: evaluators call the sampling fns with frozen=None.
-    fns.update(make(model, components.config, tok, obj, frozen=frozen))
+    fns.update(make(model, components.config, tok, text, components.tokenize, frozen=frozen))
   return fns

@@ -21,9 +21,11 @@ from dream_jax.train import optim
 from dream_jax.train.schedule import TrainSchedule
 
 
-def init_state(components, tx, rng_seed: int) -> dict:
-  """Fresh train state (call under jit with out_shardings; see Trainer)."""
-  key = jax.random.key(rng_seed)
+def init_state(components, tx, rng_seed: int, rng_impl: str) -> dict:
+  """Fresh train state (call under jit with out_shardings; see Trainer). `rng_impl`
+  (config.rng_impl) is the PRNG of the run's key; every key derived from it inherits it,
+  so no process-global PRNG setting is needed."""
+  key = jax.random.key(rng_seed, impl=rng_impl)
   k_init, k_run = jax.random.split(key)
   variables = components.model.init(k_init)
   params = variables["params"]
@@ -58,7 +60,7 @@ def make_train_step(config, objective, tx):
   def train_step(state, frozen, batch):
     step = state["step"]
     sched = schedule(step)
-    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"], impl=config.rng_impl), step)
     params = state["params"]
     if accum == 1:
       (loss, (stats, metrics)), grads = grad_fn(params, state["batch_stats"], frozen, batch,

@@ -65,9 +65,6 @@ class Trainer:
   def __init__(self, config, *, devices=None):
     self.config = config
     check_accumulation(config)
-    # Process-wide (jax has one default PRNG): every key made from here on uses it.
-    from configs.common import RNG_IMPLS
-    jax.config.update("jax_default_prng_impl", config.get("rng_impl", RNG_IMPLS[0]))
     self.mesh = sharding.make_mesh(config, devices)
     self.components = Components(config)
     self.tx = optim.make_optimizer(config)
@@ -80,7 +77,7 @@ class Trainer:
       with jax.set_mesh(self.mesh):
         self.frozen = jax.device_put(self.components.init_frozen(),
                                      sharding.replicated(self.mesh))
-    init = lambda: init_state(self.components, self.tx, int(config.seed))
+    init = lambda: init_state(self.components, self.tx, int(config.seed), config.rng_impl)
     self.state_shapes = jax.eval_shape(init)
     self.state_sharding = sharding.tree_shardings(self.mesh, self.state_shapes,
                                                   config.mesh.param_rules)
@@ -168,7 +165,7 @@ class Trainer:
               flush=True)
         last_row.update(r)
 
-    sample_every = int(config.sampling.get("every", 0) or 0)
+    sample_every = int(config.sampling.every)
     prompts = [p for p in config.sampling.prompts if p]
 
     def write_samples(step):
