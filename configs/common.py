@@ -306,6 +306,10 @@ def paper_config(size: str, arg: str | None) -> ConfigDict:
   a = parse_arg(arg, recipe="dream", runlocal=False)
   c = base_config()
   set_model_size(c, size)
+  # Scale-out defaults, measured for v5p (docs/scaling.md): blocks in nn.scan (compiles each
+  # stack once) and fully rematerialised (batch 64 per chip fits in HBM). runlocal undoes both.
+  c.model.scan_layers = True
+  c.model.remat = "full"
   c.data.name = "wds"                      # img2dataset tar shards of CC12M (paper data)
   c.data.path = ""                         # e.g. gs://BUCKET/cc12m/{00000..01242}.tar
   apply_recipe(c, a.recipe)
@@ -346,6 +350,8 @@ def runlocal(c: ConfigDict) -> None:
   c.total_steps = 4
   c.batch_size = 8
   c.compute_dtype = "float32"
+  c.model.scan_layers = False      # tiny runs and their checkpoints keep the unrolled layout
+  c.model.remat = "none"
   c.log_every = 1
   c.model.update(width=32, depth=1, heads=2, dec_width=32, dec_depth=1, dec_heads=2,
                  mlp_dim=None, buffer_size=4, embed_dim=16, proj_hidden=32,

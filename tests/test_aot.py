@@ -24,6 +24,7 @@ def kernel_params(tree, prefix):
 
 def test_analytic_flops_match_the_parameter_shapes():
   c = dream_b16.get_config()
+  c.model.scan_layers = False    # per-block parameter names (the count is the same)
   shapes = jax.eval_shape(build_model(c).init, jax.random.key(0))["params"]
   b, m = c.batch_size, c.model
   # Encoder: per extra token, 2 FLOPs per kernel weight of every block, + attention.
