@@ -334,5 +334,10 @@ def main(argv=None) -> dict:
   return row
 
 
-if __name__ == "__main__":
+def cli() -> None:
+  """Console script `dream-aot` (pip install .[tpu])."""
   main()
+
+
+if __name__ == "__main__":
+  cli()
