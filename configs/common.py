@@ -147,7 +147,14 @@ def base_config() -> ConfigDict:
   c.model.encoder_path = "drop"
   c.model.encoder_buckets = 4     # static lengths the visible count is rounded up to
   c.model.diffusion_buckets = 4   # static row counts for the head's counting tokens
-  c.model.remat = False           # gradient checkpointing of transformer blocks
+  # Rematerialisation of transformer blocks (jax.checkpoint policies): 'none' | 'dots' (keep
+  # the Dense outputs, recompute norms/GELU/attention maps) | 'full' (keep only block inputs).
+  # Older configs stored a bool: True = 'full', False = 'none'.
+  c.model.remat = "none"
+  # nn.scan over identical blocks (encoder, aligner, decoder, text towers): XLA compiles each
+  # stack's block once. Parameters are then stacked per stack (models/layers.py
+  # scan_params / unscan_params convert; checkpoints of the other layout load converted).
+  c.model.scan_layers = False
 
   # -------------------------------------------------------------- tokenizer
   c.tokenizer = ConfigDict()
@@ -288,6 +295,12 @@ def base_config() -> ConfigDict:
   c.mesh = ConfigDict()
   c.mesh.data = -1                     # -1: all devices not used by fsdp
   c.mesh.fsdp = 1
+  # Parameter sharding (big_vision style): (regex, spec) pairs, the first whose regex
+  # re.search-es a state leaf's path ('/params/decoder_blocks_3/mlp/fc1/kernel', also
+  # '/ema_params/...' and '/opt_state/.../mu/...') wins. spec: 'fsdp' = split the largest
+  # dim divisible by mesh.fsdp (arrays >= 4096 elements; never the layer axis of scanned
+  # stacks), 'replicate', or a tuple per dim, e.g. (None, 'fsdp'). Default: 'fsdp' for all.
+  c.mesh.param_rules = ((".*", "fsdp"),)
 
   # ------------------------------------------------------------------- ckpt
   c.ckpt = ConfigDict()
@@ -306,6 +319,10 @@ def paper_config(size: str, arg: str | None) -> ConfigDict:
   a = parse_arg(arg, recipe="dream", runlocal=False)
   c = base_config()
   set_model_size(c, size)
+  # Scale-out defaults, measured for v5p (docs/scaling.md): blocks in nn.scan (compiles each
+  # stack once) and fully rematerialised (batch 64 per chip fits in HBM). runlocal undoes both.
+  c.model.scan_layers = True
+  c.model.remat = "full"
   c.data.name = "wds"                      # img2dataset tar shards of CC12M (paper data)
   c.data.path = ""                         # e.g. gs://BUCKET/cc12m/{00000..01242}.tar
   apply_recipe(c, a.recipe)
@@ -393,6 +410,8 @@ def runlocal(c: ConfigDict) -> None:
   c.total_steps = 4
   c.batch_size = 8
   c.compute_dtype = "float32"
+  c.model.scan_layers = False      # tiny runs and their checkpoints keep the unrolled layout
+  c.model.remat = "none"
   c.log_every = 1
   c.model.update(width=32, depth=1, heads=2, dec_width=32, dec_depth=1, dec_heads=2,
                  mlp_dim=None, buffer_size=4, embed_dim=16, proj_hidden=32,

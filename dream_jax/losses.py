@@ -31,12 +31,15 @@ def clip_loss(img_emb, txt_emb, scale, contributes):
   """
   b = img_emb.shape[0]
   c = contributes.astype(bool)
-  logits = scale * (img_emb.astype(jnp.float32) @ txt_emb.astype(jnp.float32).T)  # [img, txt]
+  img, txt = img_emb.astype(jnp.float32), txt_emb.astype(jnp.float32)
+  logits = scale * (img @ txt.T)                                                  # [img, txt]
   labels = jnp.arange(b)
   # image -> text: every caption stays a candidate.
   i2t = jax.nn.log_softmax(logits, axis=1)[labels, labels]
-  # text -> image: excluded images are removed as negatives.
-  t2i_logits = jnp.where(c[:, None], logits, -1e9).T                              # [txt, img]
+  # text -> image: excluded images are removed as negatives. Its own [txt, img] product
+  # (not logits.T): with batch-sharded rows, a transpose would move the B x B logits between
+  # devices (an all-to-all); a second B x B x E matmul costs ~nothing.
+  t2i_logits = jnp.where(c[None, :], scale * (txt @ img.T), -1e9)                # [txt, img]
   t2i = jax.nn.log_softmax(t2i_logits, axis=1)[labels, labels]
   per_sample = -0.5 * (i2t + t2i)
   per_sample = jnp.where(c, per_sample, 0.0)

@@ -31,15 +31,24 @@ def close(ours, ref, rtol=1e-5, what=""):
   return err / max(scale, 1e-30)
 
 
-@pytest.fixture(scope="module")
-def fx():
+@pytest.fixture(scope="module", params=[False, True], ids=["unrolled", "scan"])
+def fx(request):
+  """Every parity check runs twice: blocks unrolled, and in nn.scan (model.scan_layers) with
+  the converted weights stacked by `dream.convert_layout`."""
   from configs import official_tiny
   from dream_jax.train.components import build_model
   from dream_jax.models.convert_official import check_against, variables_from_official
+  from dream_jax.models.dream import convert_layout
   load = lambda n: load_file(os.path.join(FIXTURES, n))
   cfg = official_tiny.get_config()
-  model = build_model(cfg)
   variables = jax.tree.map(jnp.asarray, variables_from_official(load("weights.safetensors")))
+  if request.param:
+    cfg = cfg.copy_and_resolve_references()
+    cfg.model.scan_layers = True
+  model = build_model(cfg)
+  if request.param:
+    variables = dict(variables, params=convert_layout(variables["params"], model.spec,
+                                                      scanned=True))
   check_against(variables, jax.eval_shape(model.init, jax.random.key(0)))
   return dict(cfg=cfg, model=model, v=variables, inp=load("inputs.safetensors"),
               ev=load("eval_outputs.safetensors"), tr=load("train_outputs.safetensors"),
@@ -209,6 +218,10 @@ def test_convert_weights_cli(fx, tmp_path):
   assert main(["--kind=dream_torch", f"--src={src}", f"--dst={tmp_path}/ok",
                "--config=configs/official_tiny.py"]) == 0
   got = load_converted_params(str(tmp_path / "ok"))
+  if fx["cfg"].model.scan_layers:   # the file holds the unrolled layout: stack it
+    from dream_jax.models.dream import convert_layout
+    got = dict(got, params=convert_layout(got["params"], fx["model"].spec, scanned=True))
+  assert jax.tree.structure(got) == jax.tree.structure(fx["v"])
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(fx["v"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert main(["--kind=dream_torch", f"--src={src}", f"--dst={tmp_path}/bad",

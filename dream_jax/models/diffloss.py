@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from dream_jax.diffusion.gaussian import GaussianDiffusion
+from dream_jax.models import layers
 from dream_jax.models.diffusion_head import apply_with_cfg
 
 Array = jax.Array
@@ -117,23 +118,41 @@ class DiffLoss:
     """
     b, l, c = target.shape
     n, mul = b * l, self.batch_mul
-    w = weights.reshape(n)
+    diff = self.train_diffusion
     k_t, k_n = jax.random.split(rng)
-    t = jax.random.randint(k_t, (mul, n), 0, self.train_diffusion.num_timesteps)
+    t = jax.random.randint(k_t, (mul, n), 0, diff.num_timesteps)
     noise = jax.random.normal(k_n, (mul, n, c), jnp.float32)
-    zf, xf = z.reshape(n, -1), target.reshape(n, c).astype(jnp.float32)
+    # Rows are selected within G groups of whole samples, G = the batch shards of the mesh
+    # in scope (1 without one): each device gathers its own counting rows and the head's
+    # rows stay on the device that holds them (no all-to-all). Same loss for any G: every
+    # counting row is in its group's bucket, t and noise follow the row; only the
+    # summation order differs.
+    g = layers.batch_shards(b)
+    ng = n // g
+    w = weights.reshape(g, ng)
+    t = t.reshape(mul, g, ng).swapaxes(0, 1)                        # [G, mul, ng]
+    noise = noise.reshape(mul, g, ng, c).swapaxes(0, 1)             # [G, mul, ng, C]
+    zf, xf = z.reshape(g, ng, -1), target.reshape(g, ng, c).astype(jnp.float32)
 
     def run(k, w, zf, xf, t, noise):
-      rows = jnp.argsort(w <= 0, stable=True)[:k]          # counting rows first
-      terms = draw_losses(head_apply, self.train_diffusion, xf[rows], zf[rows], t[:, rows],
-                          noise[:, rows])
-      rw = w[rows]
-      per_row = jnp.where(rw > 0, terms["loss"].mean(0), 0.0)
-      full = jnp.zeros((n,), jnp.float32).at[rows].add(per_row)
+      rows = jnp.argsort(w <= 0, axis=1, stable=True)[:, :k]        # [G, k] counting first
+      take = lambda a: jnp.take_along_axis(a, rows[..., None], axis=1)
+      tile = lambda a: jnp.broadcast_to(a[:, None], (g, mul) + a.shape[1:])
+      # Group-major rows [G * mul * k, ...]: split over the batch axes like the samples.
+      flat = lambda a: layers.constrain_batch(a.reshape((g * mul * k,) + a.shape[3:]))
+      rz, rx = flat(tile(take(zf))), flat(tile(take(xf)))
+      rt = flat(jnp.take_along_axis(t, rows[:, None], axis=2))     # [G, mul, k] -> rows
+      rn = flat(jnp.take_along_axis(noise, rows[:, None, :, None], axis=2))
+      x_t = diff.q_sample(rx, rt, rn)
+      out = head_apply(x_t, diff.model_timesteps(rt), rz)
+      terms = diff.training_losses(out, rx, x_t, rt, rn)
+      rw = jnp.take_along_axis(w, rows, axis=1)
+      per_row = jnp.where(rw > 0, terms["loss"].reshape(g, mul, k).mean(1), 0.0)
+      full = jnp.zeros((g, ng), jnp.float32).at[jnp.arange(g)[:, None], rows].add(per_row)
       return (rw * per_row).sum(), full
 
-    sizes = bucket_sizes(n, self.buckets)
-    loss, per_tok = bucketed((w > 0).sum(), sizes, run, w, zf, xf, t, noise)
+    sizes = bucket_sizes(ng, self.buckets)
+    loss, per_tok = bucketed((w > 0).sum(1).max(), sizes, run, w, zf, xf, t, noise)
     return loss, per_tok.reshape(b, l)
 
   # ------------------------------------------------------------------ sample

@@ -83,7 +83,8 @@ class ModelSpec:
   diff_depth: int
   diff_width: int
   dtype: str = "float32"
-  remat: bool = False
+  remat: str = "none"           # 'none' | 'dots' | 'full' (layers.remat_policy_name)
+  scan_layers: bool = False     # nn.scan over identical blocks (layers.ScannedBlocks)
   token_readout: bool = False   # linear z -> token map for loss.w_token_regression
 
 
@@ -123,9 +124,15 @@ class ClipTextTower(nn.Module):
     proj = self.param("text_projection", normal(s.text_width ** -0.5),
                       (s.text_width, s.embed_dim))
     x = (jnp.take(tok, ids, axis=0) + pos[None, : ids.shape[1]]).astype(self.dtype)
-    for i in range(s.text_layers):
-      x = layers.ClipResBlock(s.text_width, s.text_heads, s.text_mlp_dim, s.text_ln_eps,
-                              self.dtype, name=f"resblocks_{i}")(x)
+    kw = dict(width=s.text_width, heads=s.text_heads, mlp_dim=s.text_mlp_dim,
+              ln_eps=s.text_ln_eps, dtype=self.dtype)
+    if s.scan_layers and s.text_layers:
+      x = layers.ScannedBlocks(layers.ClipResBlock, kw, s.text_layers, s.remat,
+                               takes_deterministic=False, name="resblocks")(x)
+    else:
+      blk = layers.remat_block(layers.ClipResBlock, s.remat)
+      for i in range(s.text_layers):
+        x = layers.constrain_batch(blk(**kw, name=f"resblocks_{i}")(x))
     feats = layers.layer_norm(s.text_ln_eps, self.dtype, "ln_final")(x)
     pooled = jnp.take_along_axis(feats, eot_pos[:, None, None], axis=1)[:, 0]
     return pooled.astype(jnp.float32) @ proj, feats
@@ -146,9 +153,15 @@ class SmallCondEncoder(nn.Module):
     tok = self.param("token_embedding", normal(0.02), (s.text_vocab, s.small_width))
     pos = self.param("pos_embed", normal(0.02), (s.text_ctx, s.small_width))
     x = (jnp.take(tok, ids, axis=0) + pos[None, : ids.shape[1]]).astype(self.dtype)
+    kw = dict(width=s.small_width, heads=s.small_heads, mlp_dim=4 * s.small_width,
+              attn_dropout=0.0, proj_dropout=0.0, ln_eps=s.ln_eps, dtype=self.dtype)
+    if s.scan_layers and s.small_layers:
+      return layers.layer_norm(s.ln_eps, self.dtype, "norm")(layers.ScannedBlocks(
+          layers.Block, kw, s.small_layers, s.remat, name="blocks")(
+              x, mask, deterministic=deterministic))
+    blk = layers.remat_block(layers.Block, s.remat, static_argnums=(3,))
     for i in range(s.small_layers):
-      x = layers.Block(s.small_width, s.small_heads, 4 * s.small_width, 0.0, 0.0, s.ln_eps,
-                       self.dtype, name=f"blocks_{i}")(x, mask, deterministic=deterministic)
+      x = layers.constrain_batch(blk(**kw, name=f"blocks_{i}")(x, mask, deterministic))
     return layers.layer_norm(s.ln_eps, self.dtype, "norm")(x)
 
 
@@ -163,18 +176,15 @@ class DREAM(nn.Module):
   def setup(self):
     s, dt = self.spec, self._dtype
     S = s.buffer_size + s.seq_len
-    block = nn.remat(layers.Block, static_argnums=(3,)) if s.remat else layers.Block
-    dec_block = nn.remat(layers.DecoderBlock, static_argnums=(4,)) if s.remat else (
-        layers.DecoderBlock)
     # Encoder. The official code writes class_emb(label 0) into every buffer slot; for
     # text-to-image that is one learned vector, stored [1, D] like one row of that table.
     self.z_proj = layers.dense(s.width, dt)
     self.buffer_embed = self.param("buffer_embed", normal(0.02), (1, s.width))
     self.encoder_pos_embed = self.param("encoder_pos_embed", normal(0.02), (1, S, s.width))
     self.z_proj_ln = layers.layer_norm(s.ln_eps, dt)
-    self.encoder_blocks = [
-        block(s.width, s.heads, s.mlp_dim, s.attn_dropout, s.proj_dropout, s.ln_eps, dt)
-        for _ in range(s.depth)]
+    self.encoder_blocks = self._stack(layers.Block, s.depth, dict(
+        width=s.width, heads=s.heads, mlp_dim=s.mlp_dim, attn_dropout=s.attn_dropout,
+        proj_dropout=s.proj_dropout, ln_eps=s.ln_eps, dtype=dt))
     self.encoder_norm = layers.layer_norm(s.ln_eps, dt)
     # Contrastive heads.
     self.image_projection = ProjectionMLP(s.proj_hidden, s.embed_dim, s.bn_eps,
@@ -189,17 +199,16 @@ class DREAM(nn.Module):
     self.text_pos_embed = self.param("text_pos_embed", nn.initializers.zeros,
                                      (1, s.cond_len, s.dec_width))
     self.text_proj_ln = layers.layer_norm(s.ln_eps, dt)
-    self.text_aligner = [
-        block(s.dec_width, s.dec_heads, s.dec_mlp_dim, s.attn_dropout, s.proj_dropout,
-              s.ln_eps, dt) for _ in range(s.aligner_depth)]
+    dec_kw = dict(width=s.dec_width, heads=s.dec_heads, mlp_dim=s.dec_mlp_dim,
+                  attn_dropout=s.attn_dropout, proj_dropout=s.proj_dropout, ln_eps=s.ln_eps,
+                  dtype=dt)
+    self.text_aligner = self._stack(layers.Block, s.aligner_depth, dec_kw)
     # Decoder.
     self.decoder_embed = layers.dense(s.dec_width, dt)
     self.mask_token = self.param("mask_token", normal(0.02), (1, 1, s.dec_width))
     self.decoder_pos_embed = self.param("decoder_pos_embed", normal(0.02), (1, S, s.dec_width))
     self.decoder_proj_ln = layers.layer_norm(s.ln_eps, dt)
-    self.decoder_blocks = [
-        dec_block(s.dec_width, s.dec_heads, s.dec_mlp_dim, s.attn_dropout, s.proj_dropout,
-                  s.ln_eps, dt) for _ in range(s.dec_depth)]
+    self.decoder_blocks = self._stack(layers.DecoderBlock, s.dec_depth, dec_kw)
     self.decoder_norm = layers.layer_norm(s.ln_eps, dt)
     self.diffusion_pos_embed = self.param("diffusion_pos_embed", normal(0.02),
                                           (1, s.seq_len, s.dec_width))
@@ -208,6 +217,27 @@ class DREAM(nn.Module):
     if s.token_readout:
       self.token_readout = nn.Dense(s.token_dim, kernel_init=nn.initializers.zeros,
                                     name="token_readout")
+
+  def _stack(self, block, depth: int, kwargs: dict):
+    """`depth` blocks: one ScannedBlocks (params `<attr>/layers/block/...`, stacked) with
+    `scan_layers`, else a list (params `<attr>_<i>/...`), rematerialised per `remat`."""
+    s = self.spec
+    if s.scan_layers and depth:
+      return layers.ScannedBlocks(block, kwargs, depth, s.remat)
+    # The last positional argument is `deterministic` (static under nn.remat).
+    static = (3,) if block is layers.Block else (4,)
+    cls = layers.remat_block(block, s.remat, static_argnums=static)
+    return [cls(**kwargs) for _ in range(depth)]
+
+  @staticmethod
+  def _run(blocks, x, *args):
+    """Runs a `_stack`: args are the block's positional arguments, `deterministic` last."""
+    if isinstance(blocks, layers.ScannedBlocks):
+      return blocks(x, *args[:-1], deterministic=args[-1])
+    x = layers.constrain_batch(x)
+    for blk in blocks:
+      x = layers.constrain_batch(blk(x, *args))
+    return x
 
   # ------------------------------------------------------------------ encoder
   def encode(self, tokens, visible, num_keep: Optional[int] = None,
@@ -231,9 +261,7 @@ class DREAM(nn.Module):
     x = self.z_proj_ln(x)
     valid = jnp.concatenate([jnp.ones((b, s.buffer_size), bool), visible], axis=1)
     if num_keep is None:
-      h = x
-      for blk in self.encoder_blocks:
-        h = blk(h, valid, deterministic)
+      h = self._run(self.encoder_blocks, x, valid, deterministic)
       h = self.encoder_norm(h)
       return jnp.where(valid[..., None], h, 0).astype(jnp.float32), valid
     # Token dropping: visible positions first, in increasing position order (stable sort).
@@ -243,8 +271,7 @@ class DREAM(nn.Module):
     kept = jnp.take_along_axis(x[:, s.buffer_size:], order[..., None], axis=1)
     h = jnp.concatenate([x[:, : s.buffer_size], kept], axis=1)
     key_ok = jnp.concatenate([jnp.ones((b, s.buffer_size), bool), slot_ok], axis=1)
-    for blk in self.encoder_blocks:
-      h = blk(h, key_ok, deterministic)
+    h = self._run(self.encoder_blocks, h, key_ok, deterministic)
     h = self.encoder_norm(h).astype(jnp.float32)
     # Scatter back to the position-indexed layout; padding slots write to a dummy row.
     target = jnp.where(slot_ok, order, l)                                     # [B, K]
@@ -284,9 +311,7 @@ class DREAM(nn.Module):
       features = text_feats
     x = self.text_proj(features.astype(self._dtype))
     x = self.text_proj_ln(x + self.text_pos_embed[:, : x.shape[1]].astype(x.dtype))
-    for blk in self.text_aligner:
-      x = blk(x, mask, deterministic)
-    return x
+    return self._run(self.text_aligner, x, mask, deterministic)
 
   # ------------------------------------------------------------------ decoder
   def decode(self, hidden, valid, ctx, ctx_mask=None, deterministic: bool = True):
@@ -296,8 +321,7 @@ class DREAM(nn.Module):
     x = self.decoder_embed(hidden.astype(self._dtype))
     x = jnp.where(valid[..., None], x, self.mask_token.astype(x.dtype))
     x = self.decoder_proj_ln(x + self.decoder_pos_embed.astype(x.dtype))
-    for blk in self.decoder_blocks:
-      x = blk(x, ctx, ctx_mask, deterministic)
+    x = self._run(self.decoder_blocks, x, ctx, ctx_mask, deterministic)
     x = self.decoder_norm(x)[:, s.buffer_size:]
     return (x + self.diffusion_pos_embed.astype(x.dtype)).astype(jnp.float32)
 
@@ -330,3 +354,38 @@ class DREAM(nn.Module):
 def l2_normalize(x, eps: float = 1e-12):
   """torch F.normalize semantics: x / max(||x||, eps)."""
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+# ------------------------------------------------------- scanned <-> unrolled trees
+def block_stacks(spec: ModelSpec) -> list[tuple[tuple[str, ...], str, int]]:
+  """(parent path, stack name, depth) of every stack of identical blocks in the params."""
+  out = [((), "encoder_blocks", spec.depth), ((), "text_aligner", spec.aligner_depth),
+         ((), "decoder_blocks", spec.dec_depth), (("text_tower",), "resblocks",
+                                                   spec.text_layers)]
+  if spec.cond_encoder == "small":
+    out.append((("cond_encoder",), "blocks", spec.small_layers))
+  return [x for x in out if x[2] > 0]
+
+
+def convert_layout(params: dict, spec: ModelSpec, *, scanned: bool) -> dict:
+  """Params (or any tree shaped like them: EMA, Adam moments) between the two layouts.
+
+  scanned=True: unrolled `encoder_blocks_3/attn/qkv/kernel` [D, 3D] -> row 3 of
+  `encoder_blocks/layers/block/attn/qkv/kernel` [depth, D, 3D] (likewise text_aligner,
+  decoder_blocks, text_tower/resblocks, cond_encoder/blocks). scanned=False: the inverse.
+  The two models compute the same function on converted params (tests/test_scan_remat.py).
+  """
+  out = dict(params)
+  for parent, name, depth in block_stacks(spec):
+    fn = ((lambda t, n=name, d=depth: layers.scan_params(dict(t), n, d)) if scanned
+          else (lambda t, n=name: layers.unscan_params(dict(t), n)))
+    out = _update_at(out, parent, fn)
+  return out
+
+
+def _update_at(tree: dict, path: tuple, fn) -> dict:
+  if not path:
+    return fn(tree)
+  out = dict(tree)
+  out[path[0]] = _update_at(tree[path[0]], path[1:], fn)
+  return out

@@ -234,3 +234,129 @@ class BatchNorm(nn.Module):
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
     y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
     return y.astype(x.dtype)
+
+
+# ------------------------------------------------------------ stacks of blocks
+# Batch axes of the mesh the trainer builds (train/sharding.py BATCH_AXES; a test checks they
+# agree). Models cannot import the trainer, so the names are repeated here.
+BATCH_AXES = ("data", "fsdp")
+REMAT_POLICIES = ("none", "dots", "full")
+
+
+def remat_policy_name(value) -> str:
+  """config.model.remat -> 'none' | 'dots' | 'full'. Older configs stored a bool
+  (True = full rematerialisation of every block, False = none)."""
+  if isinstance(value, bool) or value is None:
+    return "full" if value else "none"
+  if value not in REMAT_POLICIES:
+    raise ValueError(f"config.model.remat={value!r}: expected one of {REMAT_POLICIES}")
+  return value
+
+
+def _checkpoint_policy(name: str):
+  """'full': save nothing (recompute the block in the backward pass); 'dots': save the
+  outputs of matmuls without batch dimensions (the Dense layers, rows flattened to 2-D),
+  recompute the rest (LayerNorms, GELU, the [B, H, L, L] attention maps)."""
+  return {"full": jax.checkpoint_policies.nothing_saveable,
+          "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[name]
+
+
+def batch_shards(b: int) -> int:
+  """How many shards the batch axes of the mesh in scope split a batch of b into (1 without
+  a mesh, or when they do not divide b)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not all(a in mesh.axis_names for a in BATCH_AXES):
+    return 1
+  n = 1
+  for a in BATCH_AXES:
+    n *= mesh.shape[a]
+  return n if b % n == 0 else 1
+
+
+def constrain_batch(x):
+  """Activation sharding: x [B, ...] split along B over the batch axes of the mesh in scope
+  (FSDP then moves only parameters and gradients, never activations). A no-op without a mesh
+  (tests, CPU runs) or when B does not divide."""
+  if batch_shards(x.shape[0]) == 1:
+    return x
+  spec = jax.sharding.PartitionSpec(BATCH_AXES, *([None] * (x.ndim - 1)))
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+class _ScanLayer(nn.Module):
+  """One block as an nn.scan body: (x, args) -> (block(x, *args), None)."""
+  block: Any
+  kwargs: Any
+  deterministic: Optional[bool]   # None: the block takes no `deterministic` argument
+
+  @nn.compact
+  def __call__(self, x, args):
+    blk = self.block(**self.kwargs, name="block")
+    if self.deterministic is None:
+      y = blk(x, *args)
+    else:
+      y = blk(x, *args, deterministic=self.deterministic)
+    return constrain_batch(y), None
+
+
+class ScannedBlocks(nn.Module):
+  """`depth` identical blocks in one `nn.scan`: XLA compiles the block once.
+
+  Parameters: `<name>/block/...` with a leading [depth] axis on every leaf (block i is row i
+  of each leaf). `unscan_params` / `scan_params` convert to / from the unrolled tree
+  `<name>_<i>/...` the Python loop (`scan_layers=False`) creates.
+  """
+  block: Any
+  kwargs: Any
+  depth: int
+  remat: str = "none"
+  takes_deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, *args, deterministic: bool = True):
+    layer = _ScanLayer
+    if self.remat != "none":
+      layer = nn.remat(_ScanLayer, policy=_checkpoint_policy(self.remat), prevent_cse=False)
+    scan = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True,
+                                                                   "dropout": True},
+                   in_axes=nn.broadcast, length=self.depth)
+    det = deterministic if self.takes_deterministic else None
+    y, _ = scan(self.block, dict(self.kwargs), det, name="layers")(constrain_batch(x), args)
+    return y
+
+
+def remat_block(block, remat: str, static_argnums=()):
+  """The block class, wrapped in nn.remat with the named policy (unscanned stacks)."""
+  if remat == "none":
+    return block
+  return nn.remat(block, policy=_checkpoint_policy(remat), static_argnums=static_argnums)
+
+
+def scan_params(params: dict, name: str, depth: int) -> dict:
+  """Unrolled -> scanned: `{name}_{i}/...` (i < depth) become `{name}/layers/block/...`
+  stacked along a new axis 0. Other keys are kept. Works on any dict tree of arrays (params,
+  EMA params, Adam moments)."""
+  import numpy as np
+  out = {k: v for k, v in params.items() if not _is_layer_key(k, name)}
+  rows = [params[f"{name}_{i}"] for i in range(depth)]
+  extra = [k for k in params if _is_layer_key(k, name) and int(k.rsplit("_", 1)[1]) >= depth]
+  if extra:
+    raise ValueError(f"scan_params: {extra} exceed depth {depth}")
+  stack = jnp.stack if any(isinstance(l, jax.Array) for l in jax.tree.leaves(rows)) else np.stack
+  out[name] = {"layers": {"block": jax.tree.map(lambda *xs: stack(xs, 0), *rows)}}
+  return out
+
+
+def unscan_params(params: dict, name: str) -> dict:
+  """Scanned -> unrolled (inverse of `scan_params`)."""
+  out = {k: v for k, v in params.items() if k != name}
+  stacked = params[name]["layers"]["block"]
+  depth = jax.tree.leaves(stacked)[0].shape[0]
+  for i in range(depth):
+    out[f"{name}_{i}"] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return out
+
+
+def _is_layer_key(key: str, name: str) -> bool:
+  head, _, tail = key.rpartition("_")
+  return head == name and tail.isdigit()

@@ -20,6 +20,7 @@ from dream_jax.image_tokens import ImageTokens
 from dream_jax.models.api import DreamModel
 from dream_jax.models.diffloss import DiffLoss
 from dream_jax.models.dream import ModelSpec
+from dream_jax.models.layers import remat_policy_name
 from dream_jax.models.patchify import token_layout
 from dream_jax.objective import DreamObjective
 
@@ -51,7 +52,8 @@ def model_spec(config) -> ModelSpec:
       text_token_init_std=t.token_init_std,
       small_width=t.small_width, small_layers=t.small_layers, small_heads=t.small_heads,
       diff_depth=m.diff_depth, diff_width=m.diff_width, dtype=config.compute_dtype,
-      remat=m.remat, token_readout=config.loss.w_token_regression > 0)
+      remat=remat_policy_name(m.remat), scan_layers=bool(m.scan_layers),
+      token_readout=config.loss.w_token_regression > 0)
 
 
 def build_model(config) -> DreamModel:
@@ -99,6 +101,24 @@ class Components:
     frozen = dict(vae=self.image_tokens.init_frozen(jax.random.key(0)),
                   text=self.conditioning.frozen_encoder.init_frozen(jax.random.key(1)))
     return self.conditioning.with_empty_features(frozen)
+
+  def frozen_shapes(self) -> dict:
+    """ShapeDtypeStructs of `init_frozen()` without loading or allocating anything: the
+    random initialisers under `jax.eval_shape` (same architecture, so the same tree as the
+    loaded weights). For devices that cannot run (AOT compiles, dream_jax.tools.aot)."""
+    enc = self.conditioning.frozen_encoder
+
+    def random_init():
+      vae = self.image_tokens.vae
+      return dict(vae={} if vae is None else vae.init_params(jax.random.key(0)),
+                  text={} if enc.encoder is None else enc.encoder.init_params(
+                      jax.random.key(1)))
+    shapes = jax.eval_shape(random_init)
+    if enc.encoder is not None and "cond_ids" in self.empty:
+      feats = jax.eval_shape(enc.features, shapes["text"], self.empty["cond_ids"],
+                             self.empty["cond_mask"])
+      shapes["empty_cond"] = jax.ShapeDtypeStruct(feats.shape, np.float32)
+    return shapes
 
   def sampler(self, frozen=None):
     """The `dream_jax.sampling.Sampler` of this run (frozen params optionally bound)."""

@@ -10,6 +10,8 @@ global batch; XLA inserts the collectives).
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -17,6 +19,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")     # the batch dimension is split over both axes
 FSDP_MIN_SIZE = 2 ** 12           # smaller arrays are cheaper replicated than gathered
+# config.mesh.param_rules default (big_vision style (regex, spec) pairs): the shape rule.
+DEFAULT_RULES = ((".*", "fsdp"),)
 
 
 def mesh_shape(config, num_devices: int) -> tuple[int, int]:
@@ -43,11 +47,14 @@ def make_mesh(config, devices=None) -> jax.sharding.Mesh:
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
-def fsdp_spec(shape, fsdp_size: int) -> P:
-  """PartitionSpec for one array: 'fsdp' on its largest divisible dim, or replicated."""
+def fsdp_spec(shape, fsdp_size: int, skip_leading: bool = False) -> P:
+  """PartitionSpec for one array: 'fsdp' on its largest divisible dim, or replicated.
+  skip_leading: never split dim 0 (the layer axis of scanned stacks: splitting it would
+  gather a whole stack per layer)."""
   if fsdp_size <= 1 or int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
     return P()
-  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+  dims = range(1 if skip_leading else 0, len(shape))
+  for dim in sorted(dims, key=lambda d: -shape[d]):
     if shape[dim] % fsdp_size == 0:
       spec = [None] * len(shape)
       spec[dim] = "fsdp"
@@ -55,10 +62,73 @@ def fsdp_spec(shape, fsdp_size: int) -> P:
   return P()
 
 
-def tree_shardings(mesh, shapes):
-  """NamedShardings for a pytree of ShapeDtypeStructs / arrays (FSDP rule above)."""
+STACKED = re.compile(r"/layers/block/")   # scanned stacks (models/layers.ScannedBlocks)
+
+
+def leaf_spec(path: str, shape, fsdp_size: int, rules=DEFAULT_RULES) -> P:
+  """The spec of the first rule (regex, spec) whose regex `re.search`es `path`.
+
+  spec: 'fsdp' (the shape rule above; dim 0 of scanned stacks excluded), 'replicate', or a
+  tuple of mesh axis names / None per dim, e.g. (None, 'fsdp'). A rule whose tuple does not
+  fit the leaf (rank, divisibility) is an error naming the rule and the leaf.
+  """
+  for pattern, spec in rules:
+    if not re.search(pattern, path):
+      continue
+    if spec == "fsdp":
+      return fsdp_spec(shape, fsdp_size, skip_leading=bool(STACKED.search(path)))
+    if spec == "replicate":
+      return P()
+    spec = tuple(spec)
+    if len(spec) != len(shape) or any(a == "fsdp" and shape[i] % fsdp_size
+                                      for i, a in enumerate(spec)):
+      raise ValueError(f"config.mesh.param_rules: rule ({pattern!r}, {spec}) does not fit "
+                       f"{path} of shape {tuple(shape)} with fsdp={fsdp_size}")
+    return P(*spec)
+  raise ValueError(f"config.mesh.param_rules: no rule matches {path} (end with ('.*', "
+                   "'fsdp') or ('.*', 'replicate'))")
+
+
+def path_str(path) -> str:
+  """'params/encoder_blocks/layers/block/attn/qkv/kernel' for a pytree key path."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def tree_shardings(mesh, shapes, rules=DEFAULT_RULES):
+  """NamedShardings for a pytree of ShapeDtypeStructs / arrays (rules above; the default is
+  the shape-based FSDP rule for every leaf). Paths are the state's: `params/...`,
+  `ema_params/...`, `opt_state/.../mu/...`, so one regex on the parameter name covers the
+  parameter, its EMA and its Adam moments."""
   fsdp = mesh.shape["fsdp"]
-  return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), fsdp)), shapes)
+  rules = tuple(tuple(r) for r in rules)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: NamedSharding(mesh, leaf_spec("/" + path_str(p), np.shape(x), fsdp, rules)),
+      shapes)
+
+
+def is_compile_only(mesh) -> bool:
+  """True for meshes over devices this process cannot run on, e.g. the TPU topology
+  devices of `jax.experimental.topologies` used for ahead-of-time compiles on a CPU host."""
+  local = set(jax.devices())
+  return any(d not in local for d in mesh.devices.flat)
+
+
+def abstract(tree, sharding_or_tree):
+  """Pytree of arrays / ShapeDtypeStructs -> ShapeDtypeStructs carrying shardings (one
+  sharding for every leaf, or a matching pytree of them)."""
+  if isinstance(sharding_or_tree, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                                       sharding=sharding_or_tree), tree)
+  return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sh),
+                      tree, sharding_or_tree)
 
 
 def replicated(mesh) -> NamedSharding:

@@ -66,11 +66,19 @@ class Trainer:
     self.mesh = sharding.make_mesh(config, devices)
     self.components = Components(config)
     self.tx = optim.make_optimizer(config)
-    with jax.set_mesh(self.mesh):
-      self.frozen = jax.device_put(self.components.init_frozen(), sharding.replicated(self.mesh))
+    if sharding.is_compile_only(self.mesh):
+      # AOT (dream_jax.tools.aot): compile-only devices run nothing, so the frozen params
+      # are shapes with shardings; `train_step.trace(...)` accepts them like arrays.
+      self.frozen = sharding.abstract(self.components.frozen_shapes(),
+                                      sharding.replicated(self.mesh))
+    else:
+      with jax.set_mesh(self.mesh):
+        self.frozen = jax.device_put(self.components.init_frozen(),
+                                     sharding.replicated(self.mesh))
     init = lambda: init_state(self.components, self.tx, int(config.seed), config.rng_impl)
     self.state_shapes = jax.eval_shape(init)
-    self.state_sharding = sharding.tree_shardings(self.mesh, self.state_shapes)
+    self.state_sharding = sharding.tree_shardings(self.mesh, self.state_shapes,
+                                                  config.mesh.param_rules)
     self._init = jax.jit(init, out_shardings=self.state_sharding)
     self.train_step = jax.jit(
         make_train_step(config, self.components.objective, self.tx),

@@ -1,0 +1,343 @@
+"""Ahead-of-time compile of the train step for a real Cloud TPU slice, on any host.
+
+  pip install -r requirements-tpu.txt      # jax[tpu]: libtpu provides the TPU compiler
+  python -m dream_jax.tools.aot --config=configs/dream_b16.py --topology=v5:4x4x2 \
+      [--batch=2048] [--remat=none|dots|full] [--scan|--noscan] [--fsdp=-1] \
+      [--inputs=cache|raw] [--dump_hlo=DIR] [--json=FILE]
+
+Builds the same `Trainer` a run builds, on the compile-only devices of the topology
+(`jax.experimental.topologies`), so nothing is allocated: the state, frozen params and batch
+are ShapeDtypeStructs with shardings, `train_step.trace(...).lower().compile()` runs the
+real XLA:TPU pipeline. Prints, per chip: compile time, memory (arguments, outputs, temps,
+peak), XLA FLOPs and bytes accessed (`cost_analysis`), the analytic FLOPs of the model
+(`analytic_flops`), collectives by kind in the optimized HLO, and one JSON line.
+
+FLOP accounting. Two data-dependent sizes are static buckets (models/api.py): the encoder's
+visible count and the diffusion head's masked rows. XLA's cost analysis of a `lax.switch`
+counts its most expensive branch, i.e. the top bucket = no token dropped and every token in
+the head. `analytic_flops` at those sizes ('analytic_compiled') is the number XLA's FLOPs
+are checked against; the same formula at the expected sizes of a training step
+(`--ratio`, the mean mask ratio; 'analytic_useful') gives the useful work, and the bucket
+choice decides where between the two a real step lands (bucketing waste, reported apart).
+
+Inputs: '--inputs=cache' (default) feeds what `dream_jax.data.cache` writes (VAE latent
+moments, frozen T5 features), as large runs do; 'raw' feeds 256px images and T5 ids, so the
+frozen VAE encoder and T5 run inside the step (their FLOPs are not in the analytic count).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import math
+import os
+import re
+import resource
+import sys
+import time
+
+import jax
+import numpy as np
+
+# Published peak bf16 dense TFLOP/s per chip (Google Cloud TPU system architecture pages).
+PEAK_TFLOPS = {"v4": 275.0, "v5": 459.0, "v5p": 459.0, "v5e": 197.0, "v6e": 918.0}
+HBM_GIB = {"v4": 32.0, "v5": 95.0, "v5p": 95.0, "v5e": 16.0, "v6e": 32.0}
+
+
+def topology_devices(name: str, chip_config: str = "megacore",
+                     chips_per_host=(2, 2, 1)) -> list:
+  """Compile-only devices of a TPU slice, e.g. 'v5:4x4x2' (32 v5p chips). Needs libtpu."""
+  from jax.experimental import topologies
+  topo = topologies.get_topology_desc(topology_name=name, platform="tpu",
+                                      chip_config_name=chip_config,
+                                      chips_per_host_bounds=tuple(chips_per_host),
+                                      num_slices=1)
+  return list(topo.devices)
+
+
+# ---------------------------------------------------------------------------- FLOPs
+def _block(tokens, width, mlp, ctx=0, ctx_width=0):
+  """Forward matmul FLOPs of one pre-norm block on `tokens` rows (+ cross-attn to ctx)."""
+  f = 2 * tokens * (4 * width * width + 2 * width * mlp)      # qkv, proj, fc1, fc2
+  f += 4 * tokens * tokens * width                            # q.k and p.v
+  if ctx:
+    f += 2 * tokens * 2 * width * width                       # q, proj
+    f += 2 * ctx * 2 * ctx_width * width                      # kv of the context
+    f += 4 * tokens * ctx * width
+  return f
+
+
+def analytic_flops(config, enc_tokens: int, head_rows: float) -> float:
+  """Forward + backward (3x forward) matmul FLOPs of one train step, all chips.
+
+  enc_tokens: image tokens the encoder runs per sample (top bucket: seq_len).
+  head_rows: diffusion-head rows per sample (masked tokens x diffusion_batch_mul).
+  The frozen VAE / T5 are not counted (cached inputs).
+  """
+  from dream_jax.models.patchify import token_layout
+  m, t, d = config.model, config.text, token_layout(config.tokenizer, config.data.image_size)
+  l, c = d["seq_len"], d["token_dim"]
+  mlp = m.mlp_dim or int(m.width * m.mlp_ratio)
+  dmlp = m.mlp_dim or int(m.dec_width * m.mlp_ratio)
+  s = m.buffer_size + l
+  lc = t.cond_len if t.cond_encoder in ("t5", "minilm") else t.context_length
+  dc = t.cond_dim if t.cond_encoder in ("t5", "minilm") else t.width
+  f = 2 * l * c * m.width                                       # z_proj (all tokens)
+  f += m.depth * _block(m.buffer_size + enc_tokens, m.width, mlp)
+  ph = m.proj_hidden
+  f += 2 * (m.width * ph + ph * ph + ph * m.embed_dim)          # projection MLP
+  f += t.layers * _block(t.context_length, t.width, int(t.width * t.mlp_ratio))
+  f += 2 * t.width * m.embed_dim
+  f += 2 * lc * dc * m.dec_width + m.aligner_depth * _block(lc, m.dec_width, dmlp)
+  f += 2 * s * m.width * m.dec_width                            # decoder_embed
+  f += m.dec_depth * _block(s, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width)
+  w = m.diff_width
+  head = 2 * (c * w + 256 * w + w * w + m.dec_width * w)        # input, time, cond embeds
+  head += m.diff_depth * 2 * (3 * w * w + 2 * w * w)            # adaLN + MLP per block
+  head += 2 * (2 * w * w + w * 2 * c)                           # final layer
+  f += head_rows * head
+  b = config.batch_size
+  # Contrastive logits [B, B] (both directions share one matmul).
+  f += 2 * b * m.embed_dim
+  return 3.0 * b * f
+
+
+def flop_report(config, ratio: float) -> dict:
+  from dream_jax.models.patchify import token_layout
+  l = token_layout(config.tokenizer, config.data.image_size)["seq_len"]
+  mul = config.model.diffusion_batch_mul
+  masked = math.ceil(l * ratio)
+  top = analytic_flops(config, l, l * mul)
+  useful = analytic_flops(config, l - masked, masked * mul)
+  return dict(analytic_compiled=top, analytic_useful=useful, ratio=ratio,
+              bucket_waste=top / useful - 1.0)
+
+
+# -------------------------------------------------------------------- collectives
+_COLLECTIVE = re.compile(r"\b(all-gather|all-reduce|reduce-scatter|all-to-all|"
+                         r"collective-permute|collective-broadcast|ragged-all-to-all)"
+                         r"(-start)?\(")
+_FUSION_NAME = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*\bfusion\(")
+_ASYNC_CC = re.compile(r'custom_call_target="(AsyncCollective\w*)"')
+
+
+def count_collectives(hlo_text: str) -> dict:
+  """{kind: count} of the collectives in an optimized HLO module text.
+
+  Async pairs count once (the '-start' op); TPU's reduce-scatters are fusions named
+  'all-reduce-scatter*' / 'reduce-scatter*'; AsyncCollectiveStart custom calls are counted
+  by target. Ops inside fusions and called computations are all counted (every line).
+  """
+  counts = collections.Counter()
+  for line in hlo_text.splitlines():
+    if "-done(" in line:
+      continue
+    fm = _FUSION_NAME.match(line)
+    if fm and re.match(r"(all-reduce-scatter|reduce-scatter)", fm.group(1)):
+      counts["reduce-scatter (fusion)"] += 1
+      continue
+    cm = _ASYNC_CC.search(line)
+    if cm:
+      counts[cm.group(1)] += 1
+      continue
+    m = _COLLECTIVE.search(line)
+    if m and "=" in line.split(m.group(0))[0]:
+      counts[m.group(1)] += 1
+  return dict(sorted(counts.items()))
+
+
+# ----------------------------------------------------------------------- inputs
+def abstract_batch(config, mesh, inputs: str) -> dict:
+  """ShapeDtypeStructs of one global training batch (data/__init__.py), batch-sharded."""
+  from dream_jax.models.patchify import token_layout
+  from dream_jax.train import sharding
+  b, t = config.batch_size, config.text
+  d = token_layout(config.tokenizer, config.data.image_size)
+  sh = sharding.batch_sharding(mesh)
+  s = lambda shape, dt: jax.ShapeDtypeStruct((b,) + tuple(shape), np.dtype(dt), sharding=sh)
+  batch = dict(clip_ids=s((t.context_length,), "int32"))
+  raw = inputs == "raw"
+  if config.tokenizer.kind == "vae" and not raw:
+    ls, ch = d["latent_size"], d["channels"]
+    batch["latent_moments"] = s((2, ls, ls, ch), "float32")
+  else:
+    size = config.data.image_size
+    batch["image"] = s((size, size, 3), "float32")
+  if t.cond_encoder in ("t5", "minilm"):
+    if raw:
+      batch["cond_ids"] = s((t.cond_len,), "int32")
+    else:
+      batch["cond_embeddings"] = s((t.cond_len, t.cond_dim), "float32")
+    batch["cond_mask"] = s((t.cond_len,), "bool")
+  elif t.cond_encoder == "small":
+    batch["cond_ids"] = s((t.context_length,), "int32")
+    batch["cond_mask"] = s((t.context_length,), "bool")
+  return batch
+
+
+@contextlib.contextmanager
+def stand_in_tokenizers(config):
+  """Without T5/MiniLM tokenizer files the empty caption (CFG's unconditional input) is
+  tokenized by the byte stand-in: same `cond_len`, so the same shapes, which is all a
+  compile needs. The encoder architecture is unchanged (T5-Large without a config.json)."""
+  from dream_jax.pretrained import frozen, t5
+  path = config.text.get("t5_path", "") if config.text.cond_encoder == "t5" else "x"
+  if path:
+    yield
+    return
+  orig = frozen.FrozenTextEncoder.tokenizer
+  stand_in = property(lambda self: t5.T5Tokenizer.bytes(self.cond_len))
+  frozen.FrozenTextEncoder.tokenizer = stand_in
+  try:
+    yield
+  finally:
+    frozen.FrozenTextEncoder.tokenizer = orig
+
+
+# ------------------------------------------------------------------------- main
+def configure(config, args, num_devices: int):
+  """Applies the command-line overrides to the config (unlocked copy)."""
+  config = config.copy_and_resolve_references()
+  if args.batch:
+    config.batch_size = args.batch
+  if args.remat is not None:
+    config.model.remat = args.remat
+  if args.scan is not None:
+    config.model.scan_layers = args.scan
+  fsdp = num_devices if args.fsdp == -1 else args.fsdp
+  config.mesh.fsdp = fsdp
+  config.mesh.data = num_devices // fsdp
+  for item in args.set or ():
+    key, _, value = item.partition("=")
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(json.loads(value)) if node[leaf] is not None else (
+        json.loads(value))
+  return config
+
+
+def compile_train(config, devices, inputs: str = "cache"):
+  """(compiled, trainer, seconds) of the train step on `devices` (compile-only or real)."""
+  from dream_jax.train.trainer import Trainer
+  cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
+  t0 = time.perf_counter()
+  with stand_in_tokenizers(config):
+    tr = Trainer(config, devices=devices)
+  batch = abstract_batch(config, tr.mesh, inputs)
+  with jax.set_mesh(tr.mesh):
+    lowered = tr.train_step.trace(tr.abstract_state(), tr.frozen, batch).lower()
+    t1, c1 = time.perf_counter(), cpu()
+    compiled = lowered.compile()
+  t2, c2 = time.perf_counter(), cpu()
+  # CPU seconds as well as wall time: on a shared host the wall time depends on the load.
+  return compiled, tr, dict(lower_s=t1 - t0, compile_s=t2 - t1, compile_cpu_s=c2 - c1)
+
+
+def report(config, compiled, times: dict, *, topology: str, num_devices: int,
+           ratio: float, dump_hlo: str | None = None) -> dict:
+  mem = compiled.memory_analysis()
+  ca = compiled.cost_analysis()
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else {}
+  ca = ca or {}
+  hlo = compiled.as_text()
+  if dump_hlo:
+    os.makedirs(dump_hlo, exist_ok=True)
+    with open(os.path.join(dump_hlo, "train_step.optimized.hlo"), "w") as f:
+      f.write(hlo)
+  gib = 2.0 ** 30
+  flops = flop_report(config, ratio)
+  xla_total = float(ca.get("flops", float("nan"))) * num_devices   # cost_analysis is per chip
+  chip = topology.split(":")[0]
+  peak = PEAK_TFLOPS.get(chip, float("nan")) * 1e12
+  m = config.model
+  row = dict(
+      config=f"{m.size}", topology=topology, chips=num_devices, batch=config.batch_size,
+      mesh=f"data={config.mesh.data} x fsdp={config.mesh.fsdp}",
+      remat=str(m.remat), scan=bool(m.get("scan_layers", False)),
+      compute_dtype=config.compute_dtype,
+      lower_s=round(times["lower_s"], 1), compile_s=round(times["compile_s"], 1),
+      compile_cpu_s=round(times["compile_cpu_s"], 1),
+      argument_gib=mem.argument_size_in_bytes / gib, output_gib=mem.output_size_in_bytes / gib,
+      alias_gib=mem.alias_size_in_bytes / gib, temp_gib=mem.temp_size_in_bytes / gib,
+      peak_gib=getattr(mem, "peak_memory_in_bytes", float("nan")) / gib,
+      hbm_gib=HBM_GIB.get(chip, float("nan")),
+      xla_tflop=xla_total / 1e12, analytic_compiled_tflop=flops["analytic_compiled"] / 1e12,
+      analytic_useful_tflop=flops["analytic_useful"] / 1e12, useful_ratio=ratio,
+      xla_over_analytic=xla_total / flops["analytic_compiled"] - 1.0,
+      bucket_waste=flops["bucket_waste"],
+      bytes_accessed_gib=float(ca.get("bytes accessed", float("nan"))) / gib,
+      collectives=count_collectives(hlo))
+  for mfu in (0.4, 0.6):
+    step = flops["analytic_useful"] / (num_devices * peak * mfu)
+    row[f"step_s_at_{int(mfu * 100)}mfu"] = step
+  return row
+
+
+def print_report(row: dict) -> None:
+  print(f"DREAM-{row['config']} on {row['topology']} ({row['chips']} chips), global batch "
+        f"{row['batch']}, {row['mesh']}, remat={row['remat']} scan={row['scan']} "
+        f"{row['compute_dtype']}")
+  print(f"  trace+lower {row['lower_s']:.1f} s, compile {row['compile_s']:.1f} s wall, "
+        f"{row['compile_cpu_s']:.1f} s CPU")
+  print(f"  per chip: arguments {row['argument_gib']:.2f} GiB, outputs {row['output_gib']:.2f},"
+        f" aliased {row['alias_gib']:.2f}, temps {row['temp_gib']:.2f}, PEAK "
+        f"{row['peak_gib']:.2f} GiB (HBM {row['hbm_gib']:.0f} GiB)")
+  print(f"  FLOPs/step (all chips): XLA {row['xla_tflop']:.1f} TFLOP vs analytic "
+        f"{row['analytic_compiled_tflop']:.1f} at the top bucket "
+        f"({100 * row['xla_over_analytic']:+.1f}%); useful at mask ratio "
+        f"{row['useful_ratio']}: {row['analytic_useful_tflop']:.1f} TFLOP (top bucket "
+        f"{100 * row['bucket_waste']:+.1f}% over it)")
+  print(f"  bytes accessed per chip {row['bytes_accessed_gib']:.1f} GiB; step time at "
+        f"40%/60% MFU {row['step_s_at_40mfu']:.3f} / {row['step_s_at_60mfu']:.3f} s")
+  print("  collectives: " + ", ".join(f"{k} {v}" for k, v in row["collectives"].items()))
+  print("JSON " + json.dumps(row, sort_keys=True))
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--config", required=True, help="config file[:args]")
+  p.add_argument("--topology", default="v5:4x4x2")
+  p.add_argument("--chip_config", default="megacore")
+  p.add_argument("--chips_per_host", default="2,2,1")
+  p.add_argument("--batch", type=int, default=0, help="global batch (0: the config's)")
+  p.add_argument("--what", default="train", choices=("train",))
+  p.add_argument("--remat", default=None, choices=("none", "dots", "full"))
+  p.add_argument("--scan", dest="scan", action="store_true", default=None)
+  p.add_argument("--noscan", dest="scan", action="store_false")
+  p.add_argument("--fsdp", type=int, default=-1, help="fsdp axis size (-1: all chips)")
+  p.add_argument("--inputs", default="cache", choices=("cache", "raw"))
+  p.add_argument("--ratio", type=float, default=0.5,
+                 help="mean mask ratio for the useful-FLOPs count")
+  p.add_argument("--set", action="append", help="config override key=json_value")
+  p.add_argument("--dump_hlo", default=None)
+  p.add_argument("--json", default=None, help="append the JSON row to this file")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  from configs.common import load_config_file
+  devices = topology_devices(args.topology, args.chip_config,
+                             [int(x) for x in args.chips_per_host.split(",")])
+  config = configure(load_config_file(args.config), args, len(devices))
+  compiled, _, times = compile_train(config, devices, args.inputs)
+  row = report(config, compiled, times, topology=args.topology, num_devices=len(devices),
+               ratio=args.ratio, dump_hlo=args.dump_hlo)
+  print_report(row)
+  if args.json:
+    with open(args.json, "a") as f:
+      f.write(json.dumps(row, sort_keys=True) + "\n")
+  return row
+
+
+def cli() -> None:
+  """Console script `dream-aot` (pip install .[tpu])."""
+  main()
+
+
+if __name__ == "__main__":
+  cli()
