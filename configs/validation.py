@@ -34,7 +34,9 @@ RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")   # config.rng_impl; the first
 MODEL_SIZES = ("B", "L", "H", "G")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 DATA_SOURCES = ("shapes", "mnist", "tfds", "wds", "folder", "cache")   # dream_jax.data.SOURCES
-EVALUATOR_KINDS = ("heldout", "fidelity")             # dream_jax.evaluators.EVALUATORS
+EVALUATOR_KINDS = ("heldout", "linear_probe", "fewshot", "zeroshot", "retrieval", "geneval",
+                   "fidelity", "fid", "segmentation", "depth")   # dream_jax.evaluators.EVALUATORS
+REMAT_POLICIES = ("none", "dots", "full")            # dream_jax.models.layers.REMAT_POLICIES
 FIDELITY_MODES = ("plain", "sad", "best_of_k")        # dream_jax.evaluators.fidelity.MODES
 # Sources that need `data.path` (tfds falls back to TFDS_DATA_DIR, the others read no files).
 SOURCES_WITH_PATH = ("wds", "folder", "cache")
@@ -192,7 +194,10 @@ def _model(k: _Checker, c) -> None:
   k.one_of("model.diffusion_prediction", ("eps", "x0"))
   k.one_of("model.diffusion_loss_space", ("eps", "v", "x0"))
   k.one_of("model.encoder_path", ("drop", "masked"))
-  k.boolean("model.remat")
+  # Older configs stored a bool (True = 'full', False = 'none'); both still load.
+  k.need(m.remat in REMAT_POLICIES or isinstance(m.remat, bool), "model.remat",
+         f"must be one of {REMAT_POLICIES}")
+  k.boolean("model.scan_layers")
 
 
 def _spacing(k: _Checker, key: str, num_timesteps: int) -> None:
@@ -260,6 +265,7 @@ def _text(k: _Checker, c) -> None:
          f"must divide text.small_width={t.small_width}")
   k.number("text.mlp_ratio", 0.0, lo_open=True)
   k.number("text.ln_eps", 0.0, lo_open=True)
+  k.number("text.token_init_std", 0.0, lo_open=True)
   k.one_of("text.cond_encoder", ("t5", "minilm", "clip_tower", "small"))
   k.string("text.t5_path")
   k.string("text.minilm_path")
@@ -362,6 +368,10 @@ def _mesh_ckpt(k: _Checker, c) -> None:
          and (c.mesh.data == -1 or c.mesh.data >= 1), "mesh.data",
          "must be -1 (all devices not used by fsdp) or an integer >= 1")
   k.integer("mesh.fsdp", 1)
+  rules = c.mesh.param_rules
+  k.need(isinstance(rules, (tuple, list)) and len(rules) > 0 and all(
+      isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) for r in rules),
+         "mesh.param_rules", "must be a non-empty tuple of (regex, spec) pairs")
   k.integer("ckpt.every", 0)
   k.integer("ckpt.keep", 0)
   k.integer("ckpt.permanent_every", 0)
@@ -379,9 +389,9 @@ def _evals(k: _Checker, c) -> None:
       k.integer(f"{key}.every", 0)
     if "at_start" in e:
       k.boolean(f"{key}.at_start")
-    if e.kind == "fidelity":
+    if e.kind in ("fidelity", "geneval"):
       k.need(c.data.name == "shapes", f"{key}.kind",
-             f"'fidelity' needs data.name='shapes' (checkable prompts), got "
+             f"'{e.kind}' needs data.name='shapes' (checkable prompts), got "
              f"data.name={c.data.name!r}")
       if "modes" in e:
         k.need(isinstance(e.modes, (tuple, list)) and len(e.modes) > 0

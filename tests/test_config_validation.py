@@ -87,7 +87,10 @@ CASES = [
     ({"model.encoder_path": "full"}, "model.encoder_path", "('drop', 'masked')"),
     ({"model.encoder_buckets": 0}, "model.encoder_buckets", ">= 1"),
     ({"model.diffusion_batch_mul": 0}, "model.diffusion_batch_mul", ">= 1"),
-    ({"model.remat": "yes"}, "model.remat", "True or False"),
+    ({"model.remat": "yes"}, "model.remat", "one of ('none', 'dots', 'full')"),
+    ({"model.scan_layers": "yes"}, "model.scan_layers", "True or False"),
+    ({"text.token_init_std": 0.0}, "text.token_init_std", "> 0.0"),
+    ({"mesh.param_rules": ()}, "mesh.param_rules", "(regex, spec) pairs"),
     # ---- tokenizer ----
     ({"tokenizer.kind": "vqgan"}, "tokenizer.kind", "('vae', 'identity')"),
     ({"tokenizer.patch_size": 3}, "data.image_size",
@@ -159,7 +162,7 @@ CASES = [
     ({"ckpt.keep": -1}, "ckpt.keep", ">= 0"),
     ({"ckpt.permanent_every": -5}, "ckpt.permanent_every", ">= 0"),
     # ---- evaluators ----
-    ({"evals.x": dict(kind="fid")}, "evals.x.kind", "one of ('heldout', 'fidelity')"),
+    ({"evals.x": dict(kind="inception_score")}, "evals.x.kind", "one of ('heldout', 'linear_probe'"),
     ({"evals.x": dict(kind="heldout", every=-1)}, "evals.x.every", ">= 0"),
     ({"evals.x": dict(kind="heldout", diffusion_ratio=1.5)}, "evals.x.diffusion_ratio",
      "in [0.0, 1.0]"),
@@ -230,8 +233,10 @@ def test_library_names_match_the_validation_lists():
   from configs import validation as v
   from dream_jax.data import SOURCES
   from dream_jax.evaluators import EVALUATORS
-  from dream_jax.evaluators.fidelity import MODES
+  from dream_jax.evaluators.geneval import MODES
+  from dream_jax.models.layers import REMAT_POLICIES
   assert v.DATA_SOURCES == SOURCES
   assert set(v.EVALUATOR_KINDS) == set(EVALUATORS)
   assert set(v.FIDELITY_MODES) == set(MODES)
+  assert tuple(v.REMAT_POLICIES) == tuple(REMAT_POLICIES)
   assert tuple(v.MODEL_SIZES) == tuple(common.MODEL_SIZES)
