@@ -455,6 +455,10 @@ def use_shapes_vocab(c: ConfigDict, context_length: int) -> None:
 
 
 def finalize(c: ConfigDict) -> ConfigDict:
-  """Derives dependent values and validates; errors name the offending key."""
+  """Completes every `evals` entry with its kind's defaults (configs/evaluators.py) and
+  validates; errors name the offending key."""
+  if all("kind" in e and ev.ALIASES.get(e.kind, e.kind) in ev.DEFAULTS
+         for e in c.evals.values()):   # else validate() names the bad entry
+    ev.fill_defaults(c.evals)
   validate(c)
   return c

@@ -17,6 +17,7 @@ def get_config(arg=None):
   c.text.update(small_width=32, small_layers=1, small_heads=2)
   c.total_steps = a.steps
   c.ckpt.update(every=2, keep=2)
+  c.evals = common.ConfigDict()   # only the held-out evaluator (runlocal adds the paper's)
   c.evals.heldout = common.ConfigDict(dict(kind="heldout", every=2, diffusion_ratio=0.9,
                                            seed=0))
   c.sampling.prompts = ("a red circle", "a large blue square")

@@ -127,7 +127,7 @@ def test_one_line_errors():
 @pytest.mark.parametrize("override,expect", [
     ("--config.no_such_key=1", "error: --config.no_such_key: no such config key"),
     ("--config.model.widht=1", 'Did you mean "width"'),
-    ("--config.total_steps=0", "error: config.total_steps: must be > 0"),
+    ("--config.total_steps=0", "error: config.total_steps=0: must be an integer >= 1"),
 ])
 def test_main_config_errors_are_one_line(override, expect):
   """Errors before any jax work: no traceback, the key named, exit status 2."""

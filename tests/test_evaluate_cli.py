@@ -18,7 +18,8 @@ def test_standalone_evaluate_on_a_checkpoint(tmp_path, capsys):
   the initial state so no training step has to compile; the trainer's own evaluation path is
   exercised by tests/test_train.py::test_paper_runlocal_trains_two_steps)."""
   from dream_jax.train import checkpoint as ckpt_lib
-  from dream_jax.train.trainer import Trainer, write_config
+  from dream_jax.train.trainer import Trainer
+  from dream_jax.train.workdir import write_config
   from tests.test_train import tiny_config
   c = tiny_config(total_steps=2)
   small = ev_configs.shapes_data("color", train_size=16, test_size=8)
