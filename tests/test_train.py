@@ -9,7 +9,6 @@ import numpy as np
 import optax
 import pytest
 
-from configs import common
 from tests.helpers import train_config as tiny_config
 
 

@@ -122,7 +122,6 @@ def test_crash_after_final_checkpoint_is_completed_by_the_rerun(tmp_path, monkey
 
 
 def test_divergence_before_the_first_checkpoint_says_so(tmp_path):
-  import jax.numpy as jnp
   from dream_jax.train.trainer import NonFiniteError, Trainer
   tr = Trainer(tiny(4), devices=jax.devices()[:1])
   step_fn = tr.train_step

@@ -95,3 +95,23 @@ class EvalContext:
   (for files such as sample grids; None = write nothing)."""
   run_config: Any
   workdir: str | None = None
+
+
+def fit_by_scan(loss_fn: Callable, tx, params, batch_indices):
+  """Trains `params` with the optax transformation `tx`, one step per row of
+  `batch_indices` ([steps, batch] int32 rows into the cached features), as one jitted
+  `lax.scan`; `loss_fn(params, idx) -> scalar`. Returns the final params. (The probe heads:
+  linear probe, segmentation.)"""
+  import optax
+
+  @jax.jit
+  def run(p):
+    def step(carry, idx):
+      p, s = carry
+      g = jax.grad(loss_fn)(p, idx)
+      upd, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, upd), s), None
+    return jax.lax.scan(step, (p, tx.init(p)), batch_indices)[0][0]
+
+  return run(params)
+

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dream_jax.evaluators.common import fit_by_scan
 from dream_jax.evaluators.features import image_features
 
 
@@ -66,16 +67,7 @@ def train_segmentation_head(feats, labels, num_classes, *, steps, lr, batch_size
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(ok, y[i], 0))
     return (ce * ok).sum() / jnp.maximum(ok.sum(), 1)
 
-  @jax.jit
-  def run(p):
-    def step(carry, i):
-      p, s = carry
-      g = jax.grad(loss_fn)(p, i)
-      u, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, u), s), None
-    return jax.lax.scan(step, (p, tx.init(p)), idx)[0][0]
-
-  return run(params)
+  return fit_by_scan(loss_fn, tx, params, idx)
 
 
 def predict_segmentation(params, feats, size: int) -> np.ndarray:

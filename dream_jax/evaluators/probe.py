@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dream_jax.evaluators.common import fit_by_scan
 from dream_jax.evaluators.features import image_features, pooled
 
 
@@ -89,17 +90,7 @@ def train_linear_head(x, y, num_classes: int, *, epochs: int, warmup_epochs: int
     logits = xj[idx] @ p["w"] + p["b"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, yj[idx]).mean()
 
-  @jax.jit
-  def run(params):
-    def step(carry, idx):
-      p, s = carry
-      g = jax.grad(loss_fn)(p, idx)
-      upd, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, upd), s), None
-    (p, _), _ = jax.lax.scan(step, (params, tx.init(params)), order)
-    return p
-
-  p = run(params)
+  p = fit_by_scan(loss_fn, tx, params, order)
   return np.asarray(p["w"], np.float64), np.asarray(p["b"], np.float64)
 
 
