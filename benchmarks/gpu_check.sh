@@ -10,15 +10,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-/tmp/dream_gpu_venv}
-JAX_VERSION=$(grep '^jax==' "$ROOT/requirements.txt" | cut -d= -f3 | cut -d' ' -f1)
-
-run() {
-  if [[ "${DRY_RUN:-0}" == 1 ]]; then
-    printf 'DRY_RUN:'; printf ' %q' "$@"; printf '\n'
-  else
-    "$@"
-  fi
-}
+# shellcheck source=launch/common.sh
+source "$ROOT/launch/common.sh"   # JAX_VERSION, run (DRY_RUN=1 prints instead)
 
 run python3 -m venv "$VENV"
 run "$VENV/bin/pip" install -q -r "$ROOT/requirements.txt" "jax[cuda12]==$JAX_VERSION"

@@ -16,15 +16,8 @@ set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${CONFIG:?set CONFIG}" "${WORKDIR:?set WORKDIR}"
 REPO_DIR=${REPO_DIR:-dream_jax}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-JAX_VERSION=$(grep '^jax==' "$ROOT/requirements.txt" | cut -d= -f3 | cut -d' ' -f1)
-
-run() {
-  if [[ "${DRY_RUN:-0}" == 1 ]]; then
-    printf 'DRY_RUN:'; printf ' %q' "$@"; printf '\n'
-  else
-    "$@"
-  fi
-}
+# shellcheck source=launch/common.sh
+source "$ROOT/launch/common.sh"   # JAX_VERSION, run (DRY_RUN=1 prints instead)
 
 # Extra arguments are passed to main.py, each quoted for the remote shell.
 EXTRA=""

@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["launch/tpu_pod.sh", "launch/slurm_gpu.sbatch", "benchmarks/gpu_check.sh"]
+SCRIPTS = ["launch/tpu_pod.sh", "launch/slurm_gpu.sbatch", "launch/common.sh",
+           "benchmarks/gpu_check.sh"]
 
 
 def run(args, env=None):
