@@ -190,19 +190,19 @@ def _install(spec: str) -> None:
     from dream_jax.evaluators import heldout
     orig_run = heldout.Evaluator.run
 
-    def run(self, predict_fns, eval_data, variables, *, step=None):
+    def run(self, variables, *, step=None, **kw):
       if step == at:
         _pause(moment, step)
-      return orig_run(self, predict_fns, eval_data, variables, step=step)
+      return orig_run(self, variables, step=step, **kw)
     heldout.Evaluator.run = run
   elif moment == "in_samples":
-    from dream_jax.sampling import images
-    orig_grid = images.make_grid
+    from dream_jax.utils import images   # the trainer's sample grids are drawn here
+    orig_grid = images.captioned_grid
 
-    def make_grid(*a, **kw):
+    def captioned_grid(*a, **kw):
       _pause(moment, at)
       return orig_grid(*a, **kw)
-    images.make_grid = make_grid
+    images.captioned_grid = captioned_grid
   else:
     raise SystemExit(f"DREAM_FAULT={spec!r}: unknown moment")
 
