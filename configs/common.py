@@ -158,7 +158,9 @@ def base_config() -> ConfigDict:
 
   # -------------------------------------------------------------- tokenizer
   c.tokenizer = ConfigDict()
-  c.tokenizer.kind = "vae"        # 'vae' (SD KL-VAE latents, paper) | 'identity' (pixels)
+  # 'vae' (SD KL-VAE latents, paper) | 'identity' (pixels) | 'autoencoder' (a small KL-VAE
+  # of the same architecture trained on the run's data: the small-run analogue of 'vae').
+  c.tokenizer.kind = "vae"
   c.tokenizer.patch_size = 2      # patchify on the latent grid (paper)
   c.tokenizer.vae_path = ""       # local diffusers dir of sd-vae-ft-ema (converted or raw)
   c.tokenizer.vae_stride = 8
@@ -171,6 +173,23 @@ def base_config() -> ConfigDict:
   c.tokenizer.pixel_scale = 1.0
   c.tokenizer.sample_posterior = True  # training samples the posterior (paper)
   c.tokenizer.tiny_random = False      # runlocal: tiny random-weight VAE of the same architecture
+  # 'autoencoder' (pretrained/autoencoder.py, train/tokenizer.py): the image space-to-depth
+  # by ae_patch, then AutoencoderKL levels' channels (stride ae_patch * 2**(levels-1), must
+  # equal vae_stride), GroupNorm groups, mid-block attention; trained for ae_steps Adam steps
+  # of ae_batch images drawn from the first ae_train_size train images, loss = pixel MSE +
+  # ae_kl_weight * KL per latent value.
+  c.tokenizer.ae_model = "pca"       # 'pca' (closed form) | 'kl_vae' (Adam-trained)
+  c.tokenizer.ae_patch = 4
+  c.tokenizer.ae_channels = (64,)
+  c.tokenizer.ae_groups = 8
+  c.tokenizer.ae_attention = True
+  c.tokenizer.ae_steps = 600
+  c.tokenizer.ae_batch = 32
+  c.tokenizer.ae_lr = 2e-3
+  c.tokenizer.ae_kl_weight = 1e-4
+  c.tokenizer.ae_train_size = 8192
+  c.tokenizer.path = ""            # trained tokenizer directory ('' = the cache, keyed by hash)
+  c.tokenizer.cache_dir = ""       # '' = ~/.cache/dream_jax
   c.tokenizer.dtype = "float32"
 
   # ------------------------------------------------------------------- text
