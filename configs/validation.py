@@ -432,6 +432,10 @@ def _evals(k: _Checker, c) -> None:
       for sub in ("num_prompts", "batch", "num_candidates"):
         if sub in e and e[sub] is not None:
           k.integer(f"{key}.{sub}", 1)
+      if "max_objects" in e:
+        k.integer(f"{key}.max_objects", 0)
+        k.need(e.max_objects <= c.data.max_objects, f"{key}.max_objects",
+               f"must be 0 (the data's) or <= data.max_objects={c.data.max_objects}")
       if "sad_step" in e and e.sad_step is not None:
         k.integer(f"{key}.sad_step", 1, c.sampling.num_steps - 1)
       for sub in ("cfg", "temperature"):

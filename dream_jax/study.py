@@ -5,7 +5,7 @@
 
 Trains every (variant, seed) as a normal run, `python -m dream_jax.main
 --config=<config>:steps=N,recipe=<variant>,evals=<evals> --config.seed=<seed>
---workdir=DIR/runs/<variant>_seed<seed>`, one after another, and skips runs whose workdir
+--workdir=DIR/runs/<variant>_seed<seed>`, one after another (seed by seed, sharing one XLA compile cache), and skips runs whose workdir
 already has done.json and study.json (so a killed study resumes where it stopped; an
 unfinished run resumes from its checkpoints). Variants (configs/common.py:apply_recipe):
   dream     the paper's objective: diffusion + weighted contrastive loss, Masking Warmup
@@ -80,11 +80,27 @@ def is_done(workdir: str) -> bool:
   return all(os.path.exists(os.path.join(workdir, f)) for f in ("done.json", "study.json"))
 
 
-def run_all(args, runner: Callable[[list[str]], int] = subprocess.call, log=print) -> dict:
-  """Trains every missing run; returns {run name: study record}."""
+def subprocess_runner(cmd: list[str], env: dict) -> int:
+  return subprocess.call(cmd, env=env)
+
+
+def run_env(out: str) -> dict:
+  """The runs' environment: a persistent XLA compile cache shared by the study's runs (the
+  seeds of a variant compile the same programs), unless the caller set one."""
+  env = dict(os.environ)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(out), "jax_cache"))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  return env
+
+
+def run_all(args, runner: Callable[[list[str], dict], int] = subprocess_runner,
+            log=print) -> dict:
+  """Trains every missing run, seed by seed (so a stopped study has every variant of the
+  first seeds); returns {run name: study record}."""
   records = {}
-  for variant in args.variants:
-    for seed in args.seeds:
+  env = run_env(args.out)
+  for seed in args.seeds:
+    for variant in args.variants:
       name = run_name(variant, seed)
       wd = os.path.join(args.out, "runs", name)
       cmd = command(args.config, args.budget, variant, seed, args.evals, wd, args.extra)
@@ -93,7 +109,7 @@ def run_all(args, runner: Callable[[list[str]], int] = subprocess.call, log=prin
       else:
         log(f"[study] {name}: {shlex.join(cmd)}")
         t0 = time.time()
-        rc = runner(cmd)
+        rc = runner(cmd, env)
         if rc != 0 or not os.path.exists(os.path.join(wd, "done.json")):
           raise RuntimeError(f"[study] {name} failed (exit {rc}); rerun the study to resume")
         rec = dict(variant=variant, seed=seed, wall_seconds=round(time.time() - t0, 1),
@@ -185,7 +201,7 @@ def parse(argv: Sequence[str]):
 
 
 def main(argv: Sequence[str] | None = None,
-         runner: Callable[[list[str]], int] = subprocess.call) -> dict:
+         runner: Callable[[list[str], dict], int] = subprocess_runner) -> dict:
   args = parse(sys.argv[1:] if argv is None else argv)
   os.makedirs(args.out, exist_ok=True)
   t0 = time.time()

@@ -13,7 +13,8 @@ from dream_jax import study
 
 def _fake_runner(values, calls):
   """A runner that writes what a finished run leaves: metrics.jsonl rows and done.json."""
-  def run(cmd):
+  def run(cmd, env):
+    assert env["JAX_COMPILATION_CACHE_DIR"]
     calls.append(cmd)
     wd = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
     seed = int(next(a.split("=", 1)[1] for a in cmd if a.startswith("--config.seed=")))
@@ -38,6 +39,7 @@ def test_study_plumbing(tmp_path):
   assert len(calls) == 4
   assert calls[0][-1] == "--config.log_every=1"
   assert any(a.endswith("configs/demo.py:steps=2,recipe=dream,evals=study") for a in calls[0])
+  assert any(a.endswith("recipe=clip,evals=study") for a in calls[1])   # seed by seed
   # mean and sample std over seeds, computed here from the stub's values
   for v in ("dream", "clip"):
     vals = np.array(list(values[v].values()))
@@ -62,7 +64,7 @@ def test_study_plumbing(tmp_path):
 def test_study_failed_run_stops(tmp_path):
   with pytest.raises(RuntimeError, match="dream_seed0 failed"):
     study.main(["--budget=1", "--seeds=0", "--variants=dream", f"--out={tmp_path}"],
-               runner=lambda cmd: 1)
+               runner=lambda cmd, env: 1)
 
 
 @pytest.mark.slow
