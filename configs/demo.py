@@ -1,43 +1,47 @@
-"""The CPU demo: DREAM on the built-in captioned shapes, both skills in a few minutes.
+"""The CPU demo: DREAM on the built-in captioned shapes with the paper's objective.
 
   python main.py --config=configs/demo.py --workdir=/tmp/dream_demo
 
-Cost: about 8-9 minutes on a 2-core CPU (compile ~1 min, 500 steps, evaluation and sampling).
-Reaches (measured, README): held-out retrieval R@1 ~0.35 against a ~1/256 chance level, and
-generation colour accuracy 0.41 (plain and SAD) against a chance level of 0.11, the named
-grid cell 0.39 against 0.016.
+The objective is the paper's: diffusion loss + weighted contrastive loss with the paper's
+gating and Masking Warmup, no auxiliary loss; the image tokens are 16-d latents of a frozen
+tokenizer fitted to the data (the analogue of the paper's SD-VAE tokens). Cost: 500 steps,
+22 min wall at load 6-8 on the shared 2-core CPU (473 s user CPU, so ~8-9 min on a quiet
+machine); the tokenizer fit adds ~40 s once (cached). Reaches (docs/history/
+2026-12-01-small-recipe.md): held-out retrieval R@1 0.34 / 0.40 (chance 0.004) and a decoder
+condition that carries the caption (z_info@0.9 8.6e-3), but NOT generation: mini-GenEval
+colour 0 (chance 0.11) with plain decoding and SAD. `configs/demo.py:aux` is the previous
+demo (pixel tokens and the non-paper generation settings below), which generates (colour
+0.41, grid cell 0.39 on 64 mixed prompts, README).
 
-What differs from the paper recipe, on purpose (docs/DESIGN.md section 2, "small runs"):
-  * pixels cut into 4x4 patches (identity tokenizer, 32 px -> 64 tokens of dim 48) instead
-    of SD-VAE latents; a word tokenizer over the dataset's vocabulary; the CLIP text tower's
-    token features as the generation condition (no pretrained T5);
-  * a tiny model; fp32 compute (bf16 gives no speedup on CPU);
+What differs from the paper recipe (docs/DESIGN.md section 2, "small runs"):
+  * the image tokenizer: PCA of 4x4x3 pixel patches to 16 components (a linear
+    autoencoder in closed form, `tokenizer.kind='autoencoder'`, `ae_model='pca'`) fitted to
+    8192 training images, latents centred and scaled by measured factors: 32 px -> 64
+    tokens of dim 16 (paper: the frozen SD KL-VAE, 256 px -> 256 tokens of dim 16). A tiny
+    SD KL-VAE (`ae_model='kl_vae'`) did not train to a usable reconstruction in the minute
+    a tokenizer may cost here (history page);
+  * a word tokenizer over the dataset's vocabulary; the CLIP text tower's token features as
+    the generation condition (no pretrained T5 offline);
+  * a tiny model; fp32 compute (bf16 gives no speedup on CPU); batch 64;
   * EMA with warm-up (decay min(0.999, (1+t)/(10+t))): with 0.9999 and a few hundred steps the
     EMA would still be the initialisation;
-  * a larger learning rate (1e-3, absolute), warm-up 5% of the run, cosine to 10%;
+  * a larger learning rate (1e-3, absolute), warm-up 5% of the run, cosine to 10% (paper:
+    constant after a 25% warm-up);
   * Masking Warmup centre 0 -> 1 over the first 40% of the run (paper: 36/48), so the late
     part trains generation at high ratios;
-  * the LINEAR noise schedule (paper: cosine). Cosine's last cumulative alpha is 2.4e-9, so
-    the first sampling step divides the head's eps error by sqrt(2.4e-9) = 5e-5: a head
-    trained for minutes (eps MSE ~7e-3 at t=999) then samples values of +-1e4. Linear's
-    last alpha-bar is 4e-5 (x150 instead of x2e4);
-  * an auxiliary loss (`loss.w_token_regression=100`; paper: none): a zero-initialised linear
-    readout z -> token, MSE on the diffusion loss's tokens. Without it the contrastive and
-    diffusion gradients keep the trunk from learning neighbours and layout in a few hundred
-    steps (the readout MSE stays at the batch mean); at weight 1 it does not show; README
-    "Why generation failed";
-  * centred pixel tokens (`tokenizer.pixel_shift=-0.93`): black -> -0.07 (VAE latents are
-    centred by their shift factor); without it the trunk does not learn from neighbours;
-  * sampling temperature 0.1 (MAR: ~1) and x0 clipped to [-2, 2];
-  * the diffusion head's learning rate x4 (`optim.head_lr_mult`; paper: one lr). MAR's head
-    starts with zero adaLN gates and output layer, which Adam opens by ~lr per step; until
-    they open z gets almost no gradient. Measured at 300 steps: z_info@0.9 1.5e-3 instead of
-    4.4e-5, z's spread over captions 0.16 instead of 0.02, retrieval unchanged within noise
-    (README "Options for small pixel-token runs"); x10 was worse;
   * the CLIP tower's token embedding initialised with std 0.02 (OpenCLIP; official 1.0);
   * contrastive weight 0.05 (paper 0.005): at batch 64 the InfoNCE gradient is otherwise too
     small to align the towers within a few hundred steps;
-  * masking groups of 16 (paper 64) so one step mixes 4 mask ratios.
+  * masking groups of 16 (paper 64) so one step mixes 4 mask ratios;
+  * sampling: 16 MAR steps (paper 64), 50 head steps (paper 100), SAD with K=4 at step 4,
+    per-token temperature 0.9 (MAR's range), CFG 3.
+Paper settings kept: the cosine noise schedule, eps prediction, one learning rate for every
+parameter (`optim.head_lr_mult=1`), no x0 clipping, `loss.w_token_regression=0`.
+
+`aux` (the previous demo, for comparison) changes: identity pixel tokens (4x4 patches, dim
+48) centred by `tokenizer.pixel_shift=-0.93`; the linear noise schedule; the token-regression
+loss x100; head lr x4; x0 clipped to [-2, 2]; temperature 0.1 (history:
+docs/history/2026-12-01-demo-generation.md).
 """
 from configs import common
 from configs import evaluators as ev
@@ -49,8 +53,9 @@ def get_config(arg=None):
   `python -m dream_jax.evaluate --workdir=W --evals_config=configs/demo.py:evals=full` runs)
   | 'study' (the equal-budget study's smaller suite, at the end only: dream_jax/study.py);
   recipe='dream' | 'fluid' | 'clip' | 'nowarmup' (configs/common.py:apply_recipe, the
-  paper's baselines in the same model and data)."""
-  a = common.parse_arg(arg, steps=500, evals="train", recipe="dream")
+  paper's baselines in the same model and data); aux (the previous demo's non-paper
+  generation settings, module docstring)."""
+  a = common.parse_arg(arg, steps=500, evals="train", recipe="dream", aux=False)
   c = common.base_config()
   c.total_steps = a.steps
   c.batch_size = 64
@@ -62,8 +67,7 @@ def get_config(arg=None):
                  aligner_depth=1, diff_depth=2, diff_width=128, diffusion_batch_mul=2,
                  encoder_buckets=2, diffusion_buckets=2,
                  attn_dropout=0.0, proj_dropout=0.0, noise_schedule="cosine")
-  # Centred pixel tokens: the images are ~93% black, so black -> -0.07 (paper: VAE latents,
-  # already centred by their shift factor). Tokens lie in [-0.07, 1.93].
+  # 16-d latents of a frozen tokenizer fitted to the data (PCA of 4x4 patches; docstring).
   c.tokenizer.update(kind="autoencoder", ae_model="pca", ae_patch=4, vae_stride=4,
                      latent_channels=16, patch_size=1, ae_train_size=8192)
   common.use_shapes_vocab(c, context_length=16)
@@ -94,6 +98,8 @@ def get_config(arg=None):
   # target), plain decoding and SAD, scored by the shapes checker; at the end only.
   c.evals.geneval = ev.geneval(every=0, at_start=False, num_prompts=64, modes=("plain", "sad"),
                                batch=32, max_objects=1)
+  if a.aux:
+    use_aux_generation_settings(c)
   common.apply_recipe(c, a.recipe)
   if a.evals == "full":
     add_full_suite(c)
@@ -105,6 +111,17 @@ def get_config(arg=None):
   if a.recipe == "clip":   # no diffusion loss: nothing to sample
     del c.evals["geneval"]
   return common.finalize(c)
+
+
+def use_aux_generation_settings(c) -> None:
+  """The previous demo's non-paper settings, with which it generates (module docstring)."""
+  # Centred pixel tokens: the images are ~93% black, so black -> -0.07 (tokens in
+  # [-0.07, 1.93]); x0 clipped to [-2, 2], which covers that range.
+  c.tokenizer.update(kind="identity", patch_size=4, pixel_shift=-0.93)
+  c.model.noise_schedule = "linear"
+  c.loss.w_token_regression = 100.0    # zero-initialised linear readout z -> token, MSE
+  c.optim.head_lr_mult = 4.0
+  c.sampling.update(clip_denoised=2.0, temperature=0.1)
 
 
 def add_study_suite(c) -> None:

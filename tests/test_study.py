@@ -75,7 +75,8 @@ def test_study_real_tiny_runs(tmp_path):
           "--config.model.proj_hidden=32", "--config.text.width=32", "--config.text.layers=1",
           "--config.batch_size=16", "--config.evals.geneval.num_prompts=4",
           "--config.evals.geneval.batch=4", "--config.sampling.num_steps=2",
-          "--config.sampling.num_diffusion_steps=2", "--config.evals.heldout.every=0",
+          "--config.sampling.num_diffusion_steps=2", "--config.sampling.sad_step=1",
+          "--config.evals.heldout.every=0",
           f"--config.tokenizer.cache_dir={tmp_path}/cache", "--config.tokenizer.ae_train_size=256"]
   summary = study.main(["--budget=2", "--seeds=0", "--variants=dream,clip", f"--out={tmp_path}",
                         "--evals=train", "--", *tiny])
