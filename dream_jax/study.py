@@ -7,7 +7,8 @@ Trains every (variant, seed) as a normal run, `python -m dream_jax.main
 --config=<config>:steps=N,recipe=<variant>,evals=<evals> --config.seed=<seed>
 --workdir=DIR/runs/<variant>_seed<seed>`, one after another (seed by seed, sharing one XLA compile cache), and skips runs whose workdir
 already has done.json and study.json (so a killed study resumes where it stopped; an
-unfinished run resumes from its checkpoints). Variants (configs/common.py:apply_recipe):
+unfinished run resumes from its checkpoints). `--report_only` trains nothing and writes the
+table and figure of the runs finished so far. Variants (configs/common.py:apply_recipe):
   dream     the paper's objective: diffusion + weighted contrastive loss, Masking Warmup
   fluid     Fluid-only: no contrastive loss, MAR/Fluid masking (ratio ~ N(1, 0.25) on [0.7, 1])
   clip      CLIP-only: nothing masked, no diffusion loss (so no generation metrics)
@@ -106,6 +107,9 @@ def run_all(args, runner: Callable[[list[str], dict], int] = subprocess_runner,
       cmd = command(args.config, args.budget, variant, seed, args.evals, wd, args.extra)
       if is_done(wd):
         log(f"[study] {name}: done, skipped")
+      elif args.report_only:
+        log(f"[study] {name}: not finished, left out (--report_only)")
+        continue
       else:
         log(f"[study] {name}: {shlex.join(cmd)}")
         t0 = time.time()
@@ -165,7 +169,7 @@ def machine() -> str:
 def write_outputs(args, records: dict, study_seconds: float) -> dict:
   summary = summarise(records, args.variants)
   cmd = "python -m dream_jax.study " + shlex.join(args.argv)
-  header = (f"Study: {len(records)} runs, {args.budget} steps each, seeds "
+  header = (f"Study: {len(records)} finished runs, {args.budget} steps each, seeds "
             f"{','.join(map(str, args.seeds))}; this invocation {study_seconds / 60:.1f} min "
             f"(sum of the runs' wall times {sum(r['wall_seconds'] for r in records.values()) / 60:.1f} min). "
             f"Command: `{cmd}`. Machine: {machine()}.")
@@ -175,8 +179,12 @@ def write_outputs(args, records: dict, study_seconds: float) -> dict:
     json.dump(dict(command=cmd, machine=machine(), budget=args.budget, seeds=list(args.seeds),
                    study_seconds=round(study_seconds, 1), summary=summary,
                    runs={k: dict(v) for k, v in records.items()}), f, indent=1)
-  first = [records[run_name(v, args.seeds[0])]["workdir"] for v in args.variants]
-  plot.plot_workdirs(first, os.path.join(args.out, "plots"), labels=list(args.variants))
+  first = {}
+  for rec in records.values():          # the first finished seed of every variant
+    first.setdefault(rec["variant"], rec["workdir"])
+  if first:
+    plot.plot_workdirs(list(first.values()), os.path.join(args.out, "plots"),
+                       labels=list(first))
   return summary
 
 
@@ -189,6 +197,8 @@ def parse(argv: Sequence[str]):
   p.add_argument("--out", default="study_out")
   p.add_argument("--config", default="configs/demo.py")
   p.add_argument("--evals", default="study", help="the config's evals= argument")
+  p.add_argument("--report_only", action="store_true",
+                 help="train nothing: the table and figure of the runs finished so far")
   p.add_argument("extra", nargs="*", help="after --: flags for every main.py run")
   args = p.parse_args(argv)
   args.argv = list(argv)

@@ -59,6 +59,12 @@ def test_study_plumbing(tmp_path):
   calls.clear()
   study.main(argv, runner=_fake_runner(values, calls))
   assert len(calls) == 1 and any("clip_seed1" in a for a in calls[0])
+  # --report_only: no training; unfinished runs are left out of the table.
+  os.remove(tmp_path / "runs" / "dream_seed1" / "done.json")
+  calls.clear()
+  summary = study.main(argv[:4] + ["--report_only"], runner=_fake_runner(values, calls))
+  assert calls == [] and summary["dream"]["probe_color/top1"]["n"] == 1
+  assert summary["clip"]["probe_color/top1"]["n"] == 2
 
 
 def test_study_failed_run_stops(tmp_path):
