@@ -25,6 +25,8 @@ paper configs, so the published recipe is unchanged; each key stays in its area)
   model.logit_scale_max          clamp of the CLIP logit scale (None: unclamped, paper)
   model.mask_text_padding        decoder / aligner ignore padded text keys (paper: attend)
   tokenizer.pixel_shift / pixel_scale   centring of identity pixel tokens (0 / 1)
+  tokenizer.kind='autoencoder'   a small tokenizer fitted to the run's data (ae_*: PCA or a
+                                 tiny KL-VAE; pretrained/autoencoder.py) instead of the SD-VAE
   loss.w_token_regression        linear z -> token readout MSE weight (0: off, no params)
   optim.head_lr_mult             learning-rate multiplier of the diffusion head (1)
   optim.decay_logit_scale / decay_embeddings   weight-decay exemptions (paper: decayed)

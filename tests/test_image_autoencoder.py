@@ -94,6 +94,7 @@ def test_explicit_path_missing_or_corrupt(tmp_path):
     ImageTokens(_config(tmp_path, path=good, latent_channels=4)).init_frozen()
 
 
+@pytest.mark.slow
 def test_kl_vae_fits_and_round_trips(tmp_path):
   """The KL-VAE option: a few Adam steps lower the loss; shapes of tokens and images."""
   c = _config(tmp_path, ae_model="kl_vae", ae_channels=(16,), ae_groups=4, ae_attention=False,
