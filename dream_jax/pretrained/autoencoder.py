@@ -108,15 +108,19 @@ HINT = ("Train one with `python -m dream_jax.tools.train_tokenizer --config=<the
 
 
 def save(directory: str, params, *, shift, scale: float, meta: dict) -> None:
-  """Writes the tokenizer directory (params + manifest with shift/scale/meta)."""
-  tmp = directory + ".tmp"
+  """Writes the tokenizer directory (params + manifest with shift/scale/meta), atomically:
+  a reader never sees half a tokenizer, and of several writers (hosts) the first one wins."""
+  import shutil
+  tmp = f"{directory}.tmp{os.getpid()}"
   loading.save_params(tmp, params, dict(meta, kind="autoencoder",
                                         shift=[float(s) for s in np.asarray(shift)],
                                         scale=float(scale)))
+  if is_complete(directory):      # another writer finished first: same settings, same fit
+    shutil.rmtree(tmp)
+    return
   if os.path.exists(directory):   # an incomplete earlier attempt
-    import shutil
     shutil.rmtree(directory)
-  os.replace(tmp, directory)     # atomic: a reader never sees half a tokenizer
+  os.replace(tmp, directory)
 
 
 def load(directory: str, model: "ImageAutoencoder") -> tuple[dict, dict]:
