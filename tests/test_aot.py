@@ -102,6 +102,21 @@ def test_unrolled_flops_count_every_layer_of_a_scanned_step():
   assert unrolled > 1.3 * aot.hlo_flops(aot.lower_train(c, devices)[0])
 
 
+@pytest.mark.slow
+def test_fsdp_train_step_moves_no_activations():
+  """Activation sharding on 8 CPU devices (fsdp=8) with a head wide enough for FSDP to shard
+  its kernels (width 1024, as B/16): the partitioned step has parameter all-gathers and no
+  all-to-all (XLA's SPMD partitioner is the one TPU runs; before the head's row constraints
+  this program had 7 all-to-alls, the TPU B/16 step 12-16)."""
+  from tests.helpers import train_config
+  c = train_config(**{"model.diff_width": 1024, "model.width": 256, "model.dec_width": 256})
+  c.batch_size = 64
+  c.mesh.update(data=1, fsdp=8)
+  compiled, _, _ = aot.compile_train(c, jax.devices())
+  counts = aot.count_collectives(compiled.as_text())
+  assert counts.get("all-gather", 0) > 0 and "all-to-all" not in counts, counts
+
+
 HLO = """
   %all-gather-start.1 = (f32[8]{0}, f32[64]{0}) all-gather-start(f32[8]{0} %p), dimensions={0}
   %all-gather-done.1 = f32[64]{0} all-gather-done((f32[8]{0}, f32[64]{0}) %all-gather-start.1)
