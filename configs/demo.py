@@ -1,25 +1,23 @@
-"""The CPU demo: DREAM on the built-in captioned shapes with the paper's objective.
+"""The CPU demo: DREAM on the built-in captioned shapes, both skills in minutes.
 
-  python main.py --config=configs/demo.py --workdir=/tmp/dream_demo
+  python main.py --config=configs/demo.py --workdir=/tmp/dream_demo        # generates
+  python main.py --config=configs/demo.py:paper --workdir=/tmp/dream_paper # paper objective
 
-The objective is the paper's: diffusion loss + weighted contrastive loss with the paper's
-gating and Masking Warmup, no auxiliary loss; the image tokens are 16-d latents of a frozen
-tokenizer fitted to the data (the analogue of the paper's SD-VAE tokens). Cost: 500 steps,
-22 min wall at load 6-8 on the shared 2-core CPU (473 s user CPU, so ~8-9 min on a quiet
-machine); the tokenizer fit adds ~40 s once (cached). Reaches (docs/history/
-2026-12-01-small-recipe.md): held-out retrieval R@1 0.34 / 0.40 (chance 0.004) and a decoder
-condition that carries the caption (z_info@0.9 8.6e-3), but NOT generation: mini-GenEval
-colour 0 (chance 0.11) with plain decoding and SAD. `configs/demo.py:aux` is the previous
-demo (pixel tokens and the non-paper generation settings below), which generates (colour
-0.41, grid cell 0.39 on 64 mixed prompts, README).
+Two recipes share the model, data and schedule below:
+  default   the paper's losses PLUS small-run generation settings (named deviations, last
+            paragraph): pixel tokens, a token-regression loss x100, the linear noise schedule,
+            head lr x4, temperature 0.1. It generates: colour 0.41, grid cell 0.39 on 64
+            mixed prompts (chance 0.11 / 0.016), retrieval R@1 ~0.35-0.40 (README).
+  paper     the paper's objective only (diffusion + weighted contrastive loss, the paper's
+            gating, Masking Warmup, no auxiliary loss) on 16-d latents of a frozen tokenizer
+            fitted to the data (the analogue of the paper's SD-VAE tokens). It learns
+            retrieval (R@1 0.34 / 0.40) and a caption-dependent decoder condition (z_info@0.9
+            8.6e-3) but NOT generation in 500 steps: mini-GenEval colour 0 (docs/history/
+            2026-12-01-small-recipe.md). The equal-budget study (dream_jax/study.py) runs it.
+Cost: 500 steps, ~8-9 min on a quiet 2-core CPU (473 s user CPU for `paper`; its tokenizer
+fit adds ~40 s once, cached).
 
 What differs from the paper recipe (docs/DESIGN.md section 2, "small runs"):
-  * the image tokenizer: PCA of 4x4x3 pixel patches to 16 components (a linear
-    autoencoder in closed form, `tokenizer.kind='autoencoder'`, `ae_model='pca'`) fitted to
-    8192 training images, latents centred and scaled by measured factors: 32 px -> 64
-    tokens of dim 16 (paper: the frozen SD KL-VAE, 256 px -> 256 tokens of dim 16). A tiny
-    SD KL-VAE (`ae_model='kl_vae'`) did not train to a usable reconstruction in the minute
-    a tokenizer may cost here (history page);
   * a word tokenizer over the dataset's vocabulary; the CLIP text tower's token features as
     the generation condition (no pretrained T5 offline);
   * a tiny model; fp32 compute (bf16 gives no speedup on CPU); batch 64;
@@ -35,13 +33,20 @@ What differs from the paper recipe (docs/DESIGN.md section 2, "small runs"):
   * masking groups of 16 (paper 64) so one step mixes 4 mask ratios;
   * sampling: 16 MAR steps (paper 64), 50 head steps (paper 100), SAD with K=4 at step 4,
     per-token temperature 0.9 (MAR's range), CFG 3.
-Paper settings kept: the cosine noise schedule, eps prediction, one learning rate for every
-parameter (`optim.head_lr_mult=1`), no x0 clipping, `loss.w_token_regression=0`.
+`paper` keeps the paper's settings here: the cosine noise schedule, eps prediction, one
+learning rate for every parameter (`optim.head_lr_mult=1`), no x0 clipping,
+`loss.w_token_regression=0`; and uses the fitted tokenizer:
+  * PCA of 4x4x3 pixel patches to 16 components (a linear autoencoder in closed form,
+    `tokenizer.kind='autoencoder'`, `ae_model='pca'`) fitted to 8192 training images,
+    latents centred and scaled by measured factors: 32 px -> 64 tokens of dim 16 (paper:
+    the frozen SD KL-VAE, 256 px -> 256 tokens of dim 16). A tiny SD KL-VAE
+    (`ae_model='kl_vae'`) did not train to a usable reconstruction in a minute here.
 
-`aux` (the previous demo, for comparison) changes: identity pixel tokens (4x4 patches, dim
-48) centred by `tokenizer.pixel_shift=-0.93`; the linear noise schedule; the token-regression
-loss x100; head lr x4; x0 clipped to [-2, 2]; temperature 0.1 (history:
-docs/history/2026-12-01-demo-generation.md).
+The default (generating) recipe deviates further, each setting needed in a few hundred steps
+(docs/history/2026-12-01-demo-generation.md): identity pixel tokens (4x4 patches, dim 48)
+centred by `tokenizer.pixel_shift=-0.93`; the linear noise schedule; an auxiliary
+token-regression loss x100 (`loss.w_token_regression`, a zero-initialised linear readout
+z -> token); head lr x4; x0 clipped to [-2, 2]; per-token temperature 0.1.
 """
 from configs import common
 from configs import evaluators as ev
@@ -53,9 +58,9 @@ def get_config(arg=None):
   `python -m dream_jax.evaluate --workdir=W --evals_config=configs/demo.py:evals=full` runs)
   | 'study' (the equal-budget study's smaller suite, at the end only: dream_jax/study.py);
   recipe='dream' | 'fluid' | 'clip' | 'nowarmup' (configs/common.py:apply_recipe, the
-  paper's baselines in the same model and data); aux (the previous demo's non-paper
-  generation settings, module docstring)."""
-  a = common.parse_arg(arg, steps=500, evals="train", recipe="dream", aux=False)
+  paper's baselines in the same model and data); paper (the paper's objective only, on the
+  fitted tokenizer, without the generation settings: module docstring)."""
+  a = common.parse_arg(arg, steps=500, evals="train", recipe="dream", paper=False)
   c = common.base_config()
   c.total_steps = a.steps
   c.batch_size = 64
@@ -98,8 +103,8 @@ def get_config(arg=None):
   # target), plain decoding and SAD, scored by the shapes checker; at the end only.
   c.evals.geneval = ev.geneval(every=0, at_start=False, num_prompts=64, modes=("plain", "sad"),
                                batch=32, max_objects=1)
-  if a.aux:
-    use_aux_generation_settings(c)
+  if not a.paper:
+    use_small_run_generation_settings(c)
   common.apply_recipe(c, a.recipe)
   if a.evals == "full":
     add_full_suite(c)
@@ -113,8 +118,8 @@ def get_config(arg=None):
   return common.finalize(c)
 
 
-def use_aux_generation_settings(c) -> None:
-  """The previous demo's non-paper settings, with which it generates (module docstring)."""
+def use_small_run_generation_settings(c) -> None:
+  """The default demo's non-paper settings, with which it generates (module docstring)."""
   # Centred pixel tokens: the images are ~93% black, so black -> -0.07 (tokens in
   # [-0.07, 1.93]); x0 clipped to [-2, 2], which covers that range.
   c.tokenizer.update(kind="identity", patch_size=4, pixel_shift=-0.93)

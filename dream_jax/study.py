@@ -1,10 +1,10 @@
 """The equal-budget study: DREAM against its baselines with the same model, data and steps.
 
   python -m dream_jax.study --budget=N [--seeds=0,1,2] [--out=DIR] [--variants=...]
-      [--config=configs/demo.py] [--evals=study] [-- extra main.py flags]
+      [--config=configs/demo.py:paper] [--evals=study] [-- extra main.py flags]
 
 Trains every (variant, seed) as a normal run, `python -m dream_jax.main
---config=<config>:steps=N,recipe=<variant>,evals=<evals> --config.seed=<seed>
+--config=<config>:[<fixed args>,]steps=N,recipe=<variant>,evals=<evals> --config.seed=<seed>
 --workdir=DIR/runs/<variant>_seed<seed>`, one after another (seed by seed, sharing one XLA compile cache), and skips runs whose workdir
 already has done.json and study.json (so a killed study resumes where it stopped; an
 unfinished run resumes from its checkpoints). `--report_only` trains nothing and writes the
@@ -64,8 +64,9 @@ def run_name(variant: str, seed: int) -> str:
 
 def command(config: str, budget: int, variant: str, seed: int, evals: str, workdir: str,
             extra: Sequence[str]) -> list[str]:
-  return [sys.executable, "-m", "dream_jax.main",
-          f"--config={config}:steps={budget},recipe={variant},evals={evals}",
+  path, _, fixed = config.partition(":")      # e.g. configs/demo.py:paper
+  args = ",".join(a for a in (fixed, f"steps={budget},recipe={variant},evals={evals}") if a)
+  return [sys.executable, "-m", "dream_jax.main", f"--config={path}:{args}",
           f"--config.seed={seed}", f"--workdir={workdir}", *extra]
 
 
@@ -195,7 +196,8 @@ def parse(argv: Sequence[str]):
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--variants", default=",".join(VARIANTS))
   p.add_argument("--out", default="study_out")
-  p.add_argument("--config", default="configs/demo.py")
+  p.add_argument("--config", default="configs/demo.py:paper",
+                 help="config file[:fixed args]; the demo's paper-objective recipe by default")
   p.add_argument("--evals", default="study", help="the config's evals= argument")
   p.add_argument("--report_only", action="store_true",
                  help="train nothing: the table and figure of the runs finished so far")
