@@ -159,7 +159,7 @@ def prepare(shapes: str, rng_impl: str | None = None):
   an, xf = analytic_flops(config), xla_flops(compiled)
   info = dict(shapes=shapes, batch=config.batch_size, compile_s=compile_s,
               analytic_gflop=an / 1e9, xla_gflop=xf / 1e9, device=jax.devices()[0].device_kind,
-              loss=float(box["metrics"]["loss"]), usage=usage)
+              loss=float(box["metrics"]["loss"]), usage=usage, compiled=compiled)
   return run, info
 
 
@@ -198,6 +198,7 @@ def bench(shapes: str, rounds: int, reps: int, rng_impl=None, official=None,
   off = timing.summarize(times["official"]) if official else None
   print(report(info, ours, off), flush=True)
   info["usage"] = info["usage"].as_dict()
+  info.pop("compiled")
   return dict(info, ours=ours, official=off, times=times,
               official_ready=proc.ready if proc else None)
 
