@@ -242,6 +242,9 @@ def base_config() -> ConfigDict:
   c.optim.weight_decay = 0.04
   c.optim.grad_clip = 3.0
   c.optim.head_lr_mult = 1.0           # lr multiplier of the diffusion head (paper: none)
+  # Storage dtype of Adam's two moments: 'float32' (paper, optax.scale_by_adam) | 'bfloat16'
+  # (half the optimiser memory; computed in fp32, train/optim.scale_by_adam_stored_as).
+  c.optim.moment_dtype = "float32"
   # The reference exempts `.bias`, 1-D params and the whole diffusion head, which means it DOES
   # decay logit_scale, position embeddings, mask token, buffer and token embeddings.
   c.optim.decay_logit_scale = True

@@ -319,6 +319,7 @@ def _schedule_loss_optim(k: _Checker, c) -> None:
   k.number("optim.weight_decay", 0.0)
   k.number("optim.grad_clip", 0.0)
   k.number("optim.head_lr_mult", 0.0, lo_open=True)
+  k.one_of("optim.moment_dtype", ("float32", "bfloat16"))
   k.boolean("optim.decay_logit_scale")
   k.boolean("optim.decay_embeddings")
   k.fraction("ema.decay", hi_open=True)

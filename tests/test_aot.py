@@ -41,6 +41,28 @@ def test_analytic_flops_match_the_parameter_shapes():
   np.testing.assert_allclose(got, 3 * b * 10 * 2 * head, rtol=1e-12)
 
 
+def test_remat_recompute_flops_by_policy():
+  """'full' recomputes every block's forward (a third of the 3x count), 'dots' only the
+  attention products, 'none' nothing: checked on the encoder tokens' share, from the
+  parameter shapes as above."""
+  c = dream_b16.get_config()
+  c.model.scan_layers = False
+  shapes = jax.eval_shape(build_model(c).init, jax.random.key(0))["params"]
+  b, m = c.batch_size, c.model
+  blk = kernel_params(shapes, "encoder_blocks_0")
+  a, e = 200, 100
+  t_a, t_e = m.buffer_size + a, m.buffer_size + e
+  attn = b * m.depth * 4 * (t_a ** 2 - t_e ** 2) * m.width
+  want = {"full": b * m.depth * 2 * (a - e) * blk + attn, "dots": attn, "none": 0}
+  for policy, w in want.items():
+    c.model.remat = policy
+    np.testing.assert_allclose(aot.remat_flops(c, a) - aot.remat_flops(c, e), w, rtol=1e-12)
+  c.model.remat = "full"
+  r = aot.flop_report(c, 0.5)
+  np.testing.assert_allclose(r["analytic_executed"] - r["analytic_compiled"],
+                             aot.remat_flops(c, 256))
+
+
 def test_flop_report_waste_is_the_top_bucket_over_the_useful_work():
   c = dream_b16.get_config()
   r = aot.flop_report(c, 0.5)
@@ -78,3 +100,30 @@ def test_tiny_config_compiles_for_a_tpu_slice(tmp_path):
   assert row["collectives"].get("all-gather", 0) > 0          # FSDP gathers parameters
   assert "all-to-all" not in row["collectives"], row["collectives"]
   assert (tmp_path / "rows.jsonl").read_text().count("\n") == 1
+
+
+@pytest.mark.slow
+def test_sampling_program_compiles_ahead_of_time_on_cpu_devices():
+  """`--what=sample` plumbing without libtpu: the sampler's SAD program traced with abstract
+  EMA parameters in the FSDP state sharding and abstract prompts, compiled for 8 CPU devices;
+  its report has memory and the parameter all-gathers FSDP implies."""
+  from tests.helpers import train_config
+  c = train_config()
+  c.mesh.update(data=4, fsdp=2)
+  c.sampling.update(num_steps=4, num_diffusion_steps="3", sad_candidates=2, sad_step=2)
+  compiled, tr, times = aot.compile_sample(c, jax.devices(), mode="sad", num_prompts=8)
+  row = aot.report(c, compiled, times, topology="cpu:8", num_devices=8, ratio=0.5, what="sad")
+  assert row["what"] == "sad" and row["chips"] == 8 and times["compile_s"] > 0
+  assert row["argument_gib"] > 0 and row["xla_tflop"] > 0
+  assert "analytic_useful_tflop" not in row            # no train-step FLOP count for sampling
+  assert row["collectives"].get("all-gather", 0) > 0, row["collectives"]
+  # The compiled program runs: real EMA params and prompts give uint8 images of 8 prompts.
+  state = tr.fresh_state()
+  sampler = tr.components.sampler()
+  batch = sampler.tokenize(["a red circle"] * 8)
+  from dream_jax.train import sharding
+  with jax.set_mesh(tr.mesh):
+    out = compiled(dict(params=state["ema_params"], batch_stats=state["batch_stats"]),
+                   tr.frozen, sharding.global_batch(tr.mesh, batch), sampler.conditioning.empty,
+                   jax.random.key(0), np.float32(1.0), np.float32(3.0))
+  assert out["images"].shape == (8, 16, 16, 3) and out["images"].dtype == np.uint8

@@ -135,6 +135,7 @@ CASES = [
     ({"optim.base_lr": 0.0}, "optim.base_lr", "> 0.0"),
     ({"optim.b1": 1.0}, "optim.b1", "in [0.0, 1.0)"),
     ({"optim.head_lr_mult": 0.0}, "optim.head_lr_mult", "> 0.0"),
+    ({"optim.moment_dtype": "float16"}, "optim.moment_dtype", "one of ('float32', 'bfloat16')"),
     ({"optim.lr": float("nan")}, "optim.lr", "> 0.0"),
     ({"ema.warmup": 1}, "ema.warmup", "True or False"),
     # ---- data ----

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dream_jax.models.layers import constrain_batch
+
 Array = jax.Array
 Dtype = Any
 
@@ -156,9 +158,15 @@ class SimpleMLPAdaLN(nn.Module):
     t_emb = _dense(self.width, self.dtype, "time_embed_2", self.precision,
                    kernel_init=normal02)(nn.silu(t_emb))
     c_emb = _dense(self.width, self.dtype, "cond_embed", self.precision)(z)
-    y = t_emb + c_emb
+    # Rows stay split along N like the samples they come from (a no-op without a mesh): the
+    # adaLN input y feeds 2*depth+2 FSDP-sharded Linears, and without this constraint the
+    # partitioner moved its cotangent to a feature-split layout (12 all-to-alls at B/16 on 32
+    # chips, docs/scaling.md).
+    y = constrain_batch(t_emb + c_emb)
+    h = constrain_batch(h)
     for i in range(self.depth):
       h = ResBlock(self.width, self.dtype, self.precision, name=f"res_blocks_{i}")(h, y)
+      h = constrain_batch(h)
     out = FinalLayer(self.width, self._out_channels, self.dtype, self.precision,
                      name="final_layer")(h, y)
     return out.astype(jnp.float32)

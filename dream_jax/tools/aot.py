@@ -1,9 +1,11 @@
-"""Ahead-of-time compile of the train step for a real Cloud TPU slice, on any host.
+"""Ahead-of-time compile of the train step (or a sampling program) for a real Cloud TPU
+slice, on any host.
 
   pip install -r requirements-tpu.txt      # jax[tpu]: libtpu provides the TPU compiler
   python -m dream_jax.tools.aot --config=configs/dream_b16.py --topology=v5:4x4x2 \
       [--batch=2048] [--remat=none|dots|full] [--scan|--noscan] [--fsdp=-1] \
-      [--inputs=cache|raw] [--dump_hlo=DIR] [--json=FILE]
+      [--inputs=cache|raw] [--dump_hlo=DIR] [--json=FILE] \
+      [--what=train|sample [--mode=plain|sad|best_of_k] [--prompts=N]]
 
 Builds the same `Trainer` a run builds, on the compile-only devices of the topology
 (`jax.experimental.topologies`), so nothing is allocated: the state, frozen params and batch
@@ -57,15 +59,53 @@ def topology_devices(name: str, chip_config: str = "megacore",
 
 
 # ---------------------------------------------------------------------------- FLOPs
-def _block(tokens, width, mlp, ctx=0, ctx_width=0):
-  """Forward matmul FLOPs of one pre-norm block on `tokens` rows (+ cross-attn to ctx)."""
+def _block(tokens, width, mlp, ctx=0, ctx_width=0, part="all"):
+  """Forward matmul FLOPs of one pre-norm block on `tokens` rows (+ cross-attn to ctx).
+
+  part: 'all', or 'attention' (only the batched q.k / p.v products: what the 'dots' remat
+  policy, which saves matmuls without batch dimensions, recomputes)."""
+  attn = 4 * tokens * tokens * width                          # q.k and p.v
+  if ctx:
+    attn += 4 * tokens * ctx * width
+  if part == "attention":
+    return attn
   f = 2 * tokens * (4 * width * width + 2 * width * mlp)      # qkv, proj, fc1, fc2
-  f += 4 * tokens * tokens * width                            # q.k and p.v
   if ctx:
     f += 2 * tokens * 2 * width * width                       # q, proj
     f += 2 * ctx * 2 * ctx_width * width                      # kv of the context
-    f += 4 * tokens * ctx * width
-  return f
+  return f + attn
+
+
+def _forward_per_sample(config, enc_tokens: int, head_rows: float, part: str = "all"):
+  """(block-stack FLOPs, other FLOPs) of one sample's forward; the block stacks (encoder,
+  CLIP text tower, aligner, decoder) are what `model.remat` recomputes."""
+  from dream_jax.models.patchify import token_layout
+  m, t, d = config.model, config.text, token_layout(config.tokenizer, config.data.image_size)
+  l, c = d["seq_len"], d["token_dim"]
+  mlp = m.mlp_dim or int(m.width * m.mlp_ratio)
+  dmlp = m.mlp_dim or int(m.dec_width * m.mlp_ratio)
+  s = m.buffer_size + l
+  lc = t.cond_len if t.cond_encoder in ("t5", "minilm") else t.context_length
+  dc = t.cond_dim if t.cond_encoder in ("t5", "minilm") else t.width
+  blocks = m.depth * _block(m.buffer_size + enc_tokens, m.width, mlp, part=part)
+  blocks += t.layers * _block(t.context_length, t.width, int(t.width * t.mlp_ratio), part=part)
+  blocks += m.aligner_depth * _block(lc, m.dec_width, dmlp, part=part)
+  blocks += m.dec_depth * _block(s, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width,
+                                 part=part)
+  f = 2 * l * c * m.width                                       # z_proj (all tokens)
+  ph = m.proj_hidden
+  f += 2 * (m.width * ph + ph * ph + ph * m.embed_dim)          # projection MLP
+  f += 2 * t.width * m.embed_dim
+  f += 2 * lc * dc * m.dec_width                                # aligner input projection
+  f += 2 * s * m.width * m.dec_width                            # decoder_embed
+  w = m.diff_width
+  head = 2 * (c * w + 256 * w + w * w + m.dec_width * w)        # input, time, cond embeds
+  head += m.diff_depth * 2 * (3 * w * w + 2 * w * w)            # adaLN + MLP per block
+  head += 2 * (2 * w * w + w * 2 * c)                           # final layer
+  f += head_rows * head
+  # Contrastive logits [B, B], per sample: one row of each direction's matmul.
+  f += 2 * config.batch_size * m.embed_dim
+  return blocks, f
 
 
 def analytic_flops(config, enc_tokens: int, head_rows: float) -> float:
@@ -75,32 +115,19 @@ def analytic_flops(config, enc_tokens: int, head_rows: float) -> float:
   head_rows: diffusion-head rows per sample (masked tokens x diffusion_batch_mul).
   The frozen VAE / T5 are not counted (cached inputs).
   """
-  from dream_jax.models.patchify import token_layout
-  m, t, d = config.model, config.text, token_layout(config.tokenizer, config.data.image_size)
-  l, c = d["seq_len"], d["token_dim"]
-  mlp = m.mlp_dim or int(m.width * m.mlp_ratio)
-  dmlp = m.mlp_dim or int(m.dec_width * m.mlp_ratio)
-  s = m.buffer_size + l
-  lc = t.cond_len if t.cond_encoder in ("t5", "minilm") else t.context_length
-  dc = t.cond_dim if t.cond_encoder in ("t5", "minilm") else t.width
-  f = 2 * l * c * m.width                                       # z_proj (all tokens)
-  f += m.depth * _block(m.buffer_size + enc_tokens, m.width, mlp)
-  ph = m.proj_hidden
-  f += 2 * (m.width * ph + ph * ph + ph * m.embed_dim)          # projection MLP
-  f += t.layers * _block(t.context_length, t.width, int(t.width * t.mlp_ratio))
-  f += 2 * t.width * m.embed_dim
-  f += 2 * lc * dc * m.dec_width + m.aligner_depth * _block(lc, m.dec_width, dmlp)
-  f += 2 * s * m.width * m.dec_width                            # decoder_embed
-  f += m.dec_depth * _block(s, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width)
-  w = m.diff_width
-  head = 2 * (c * w + 256 * w + w * w + m.dec_width * w)        # input, time, cond embeds
-  head += m.diff_depth * 2 * (3 * w * w + 2 * w * w)            # adaLN + MLP per block
-  head += 2 * (2 * w * w + w * 2 * c)                           # final layer
-  f += head_rows * head
-  b = config.batch_size
-  # Contrastive logits [B, B] (both directions share one matmul).
-  f += 2 * b * m.embed_dim
-  return 3.0 * b * f
+  blocks, other = _forward_per_sample(config, enc_tokens, head_rows)
+  return 3.0 * config.batch_size * (blocks + other)
+
+
+def remat_flops(config, enc_tokens: int) -> float:
+  """Matmul FLOPs the backward pass recomputes under `model.remat` (all chips): 'full'
+  reruns every block's forward, 'dots' only the attention products, 'none' nothing."""
+  from dream_jax.models.layers import remat_policy_name
+  policy = remat_policy_name(config.model.remat)
+  if policy == "none":
+    return 0.0
+  part = "all" if policy == "full" else "attention"
+  return float(config.batch_size) * _forward_per_sample(config, enc_tokens, 0, part)[0]
 
 
 def flop_report(config, ratio: float) -> dict:
@@ -111,7 +138,8 @@ def flop_report(config, ratio: float) -> dict:
   top = analytic_flops(config, l, l * mul)
   useful = analytic_flops(config, l - masked, masked * mul)
   return dict(analytic_compiled=top, analytic_useful=useful, ratio=ratio,
-              bucket_waste=top / useful - 1.0)
+              bucket_waste=top / useful - 1.0,
+              analytic_executed=top + remat_flops(config, l))
 
 
 # -------------------------------------------------------------------- collectives
@@ -236,8 +264,59 @@ def compile_train(config, devices, inputs: str = "cache"):
   return compiled, tr, dict(lower_s=t1 - t0, compile_s=t2 - t1, compile_cpu_s=c2 - c1)
 
 
+def abstract_prompts(config, mesh, num_prompts: int) -> dict:
+  """ShapeDtypeStructs of the sampler's tokenized prompts (`Components.tokenize`): the text
+  ids the program encodes itself (frozen T5 / MiniLM run inside it), batch-sharded."""
+  from dream_jax.train import sharding
+  t = config.text
+  sh = sharding.batch_sharding(mesh)
+  s = lambda n, dt: jax.ShapeDtypeStruct((num_prompts, n), np.dtype(dt), sharding=sh)
+  batch = dict(clip_ids=s(t.context_length, "int32"))
+  if t.cond_encoder in ("t5", "minilm"):
+    batch.update(cond_ids=s(t.cond_len, "int32"), cond_mask=s(t.cond_len, "bool"))
+  elif t.cond_encoder == "small":
+    batch.update(cond_ids=s(t.context_length, "int32"), cond_mask=s(t.context_length, "bool"))
+  return batch
+
+
+def compile_sample(config, devices, *, mode: str = "plain", num_prompts: int = 0):
+  """(compiled, trainer, seconds) of one sampling program (`mode` 'plain' | 'sad' |
+  'best_of_k', the `Sampler`'s own jitted decode) for `num_prompts` prompts (0: one per
+  chip), with the EMA parameters in the training state's sharding (FSDP), as a run's
+  in-training sampler sees them. Options come from config.sampling."""
+  from dream_jax.train import sharding
+  from dream_jax.train.trainer import Trainer
+  cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
+  t0 = time.perf_counter()
+  with stand_in_tokenizers(config):
+    tr = Trainer(config, devices=devices)
+  sampler = tr.components.sampler()
+  opts = sampler.options({})
+  static = {}
+  if mode == "sad":
+    static = dict(num_candidates=sampler.num_candidates({}), sad_step=sampler.sad_step(opts, {}),
+                  critic="final", return_candidates=False)
+  elif mode == "best_of_k":
+    static = dict(num_candidates=sampler.num_candidates({}), decode_all=False)
+  program = sampler.program(mode, opts, **static)
+  state = tr.abstract_state()
+  variables = dict(params=state["ema_params"], batch_stats=state["batch_stats"])
+  rep = sharding.replicated(tr.mesh)
+  uncond = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                        sampler.conditioning.empty)
+  scalar = jax.ShapeDtypeStruct((), np.float32, sharding=rep)
+  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
+  prompts = abstract_prompts(config, tr.mesh, num_prompts or len(devices))
+  with jax.set_mesh(tr.mesh):
+    lowered = program.trace(variables, tr.frozen, prompts, uncond, rng, scalar, scalar).lower()
+    t1, c1 = time.perf_counter(), cpu()
+    compiled = lowered.compile()
+  t2, c2 = time.perf_counter(), cpu()
+  return compiled, tr, dict(lower_s=t1 - t0, compile_s=t2 - t1, compile_cpu_s=c2 - c1)
+
+
 def report(config, compiled, times: dict, *, topology: str, num_devices: int,
-           ratio: float, dump_hlo: str | None = None) -> dict:
+           ratio: float, dump_hlo: str | None = None, what: str = "train") -> dict:
   mem = compiled.memory_analysis()
   ca = compiled.cost_analysis()
   if isinstance(ca, (list, tuple)):
@@ -246,16 +325,16 @@ def report(config, compiled, times: dict, *, topology: str, num_devices: int,
   hlo = compiled.as_text()
   if dump_hlo:
     os.makedirs(dump_hlo, exist_ok=True)
-    with open(os.path.join(dump_hlo, "train_step.optimized.hlo"), "w") as f:
+    with open(os.path.join(dump_hlo, f"{what}.optimized.hlo"), "w") as f:
       f.write(hlo)
   gib = 2.0 ** 30
-  flops = flop_report(config, ratio)
   xla_total = float(ca.get("flops", float("nan"))) * num_devices   # cost_analysis is per chip
   chip = topology.split(":")[0]
   peak = PEAK_TFLOPS.get(chip, float("nan")) * 1e12
   m = config.model
   row = dict(
-      config=f"{m.size}", topology=topology, chips=num_devices, batch=config.batch_size,
+      what=what, config=f"{m.size}", topology=topology, chips=num_devices,
+      batch=config.batch_size,
       mesh=f"data={config.mesh.data} x fsdp={config.mesh.fsdp}",
       remat=str(m.remat), scan=bool(m.get("scan_layers", False)),
       compute_dtype=config.compute_dtype,
@@ -264,13 +343,23 @@ def report(config, compiled, times: dict, *, topology: str, num_devices: int,
       argument_gib=mem.argument_size_in_bytes / gib, output_gib=mem.output_size_in_bytes / gib,
       alias_gib=mem.alias_size_in_bytes / gib, temp_gib=mem.temp_size_in_bytes / gib,
       peak_gib=getattr(mem, "peak_memory_in_bytes", float("nan")) / gib,
-      hbm_gib=HBM_GIB.get(chip, float("nan")),
-      xla_tflop=xla_total / 1e12, analytic_compiled_tflop=flops["analytic_compiled"] / 1e12,
-      analytic_useful_tflop=flops["analytic_useful"] / 1e12, useful_ratio=ratio,
-      xla_over_analytic=xla_total / flops["analytic_compiled"] - 1.0,
-      bucket_waste=flops["bucket_waste"],
+      hbm_gib=HBM_GIB.get(chip, float("nan")), xla_tflop=xla_total / 1e12,
       bytes_accessed_gib=float(ca.get("bytes accessed", float("nan"))) / gib,
       collectives=count_collectives(hlo))
+  if what != "train":
+    # A decoding program is a fori_loop: XLA's cost analysis counts a loop body once, so
+    # its FLOPs are those of one decoding step plus the prologue, not of the whole loop.
+    return row
+  flops = flop_report(config, ratio)
+  row.update(analytic_compiled_tflop=flops["analytic_compiled"] / 1e12,
+             analytic_executed_tflop=flops["analytic_executed"] / 1e12,
+             analytic_useful_tflop=flops["analytic_useful"] / 1e12, useful_ratio=ratio,
+             xla_over_analytic=xla_total / flops["analytic_compiled"] - 1.0,
+             xla_over_executed=xla_total / flops["analytic_executed"] - 1.0,
+             bucket_waste=flops["bucket_waste"],
+             # XLA's cost analysis counts a while-loop body once: with scanned layers its
+             # FLOPs miss (depth - 1) blocks of every stack; compare unscanned programs.
+             flops_comparable=not bool(m.get("scan_layers", False)))
   for mfu in (0.4, 0.6):
     step = flops["analytic_useful"] / (num_devices * peak * mfu)
     row[f"step_s_at_{int(mfu * 100)}mfu"] = step
@@ -278,17 +367,30 @@ def report(config, compiled, times: dict, *, topology: str, num_devices: int,
 
 
 def print_report(row: dict) -> None:
-  print(f"DREAM-{row['config']} on {row['topology']} ({row['chips']} chips), global batch "
-        f"{row['batch']}, {row['mesh']}, remat={row['remat']} scan={row['scan']} "
+  what = "train step" if row["what"] == "train" else f"sampling ({row['what']})"
+  print(f"DREAM-{row['config']} {what} on {row['topology']} ({row['chips']} chips), global "
+        f"batch {row['batch']}, {row['mesh']}, remat={row['remat']} scan={row['scan']} "
         f"{row['compute_dtype']}")
   print(f"  trace+lower {row['lower_s']:.1f} s, compile {row['compile_s']:.1f} s wall, "
         f"{row['compile_cpu_s']:.1f} s CPU")
   print(f"  per chip: arguments {row['argument_gib']:.2f} GiB, outputs {row['output_gib']:.2f},"
         f" aliased {row['alias_gib']:.2f}, temps {row['temp_gib']:.2f}, PEAK "
         f"{row['peak_gib']:.2f} GiB (HBM {row['hbm_gib']:.0f} GiB)")
+  if row["what"] != "train":
+    print(f"  XLA FLOPs of one decoding step + prologue (all chips; loop bodies count once): "
+          f"{row['xla_tflop']:.2f} TFLOP; bytes accessed per chip "
+          f"{row['bytes_accessed_gib']:.1f} GiB")
+    print("  collectives: " + ", ".join(f"{k} {v}" for k, v in row["collectives"].items()))
+    print("JSON " + json.dumps(row, sort_keys=True))
+    return
+  note = "" if row["flops_comparable"] else (
+      " [scanned layers: XLA counts each loop body once, so its FLOPs are NOT the step's;"
+      " compile with --noscan to compare]")
   print(f"  FLOPs/step (all chips): XLA {row['xla_tflop']:.1f} TFLOP vs analytic "
         f"{row['analytic_compiled_tflop']:.1f} at the top bucket "
-        f"({100 * row['xla_over_analytic']:+.1f}%); useful at mask ratio "
+        f"({100 * row['xla_over_analytic']:+.1f}%), "
+        f"{row['analytic_executed_tflop']:.1f} with remat={row['remat']}'s recompute "
+        f"({100 * row['xla_over_executed']:+.1f}%){note}; useful at mask ratio "
         f"{row['useful_ratio']}: {row['analytic_useful_tflop']:.1f} TFLOP (top bucket "
         f"{100 * row['bucket_waste']:+.1f}% over it)")
   print(f"  bytes accessed per chip {row['bytes_accessed_gib']:.1f} GiB; step time at "
@@ -304,7 +406,12 @@ def parse_args(argv):
   p.add_argument("--chip_config", default="megacore")
   p.add_argument("--chips_per_host", default="2,2,1")
   p.add_argument("--batch", type=int, default=0, help="global batch (0: the config's)")
-  p.add_argument("--what", default="train", choices=("train",))
+  p.add_argument("--what", default="train", choices=("train", "sample"),
+                 help="the train step, or the sampler's decoding program (--mode)")
+  p.add_argument("--mode", default="plain", choices=("plain", "sad", "best_of_k"),
+                 help="with --what=sample: which decoding program")
+  p.add_argument("--prompts", type=int, default=0,
+                 help="with --what=sample: prompts per program (0: one per chip)")
   p.add_argument("--remat", default=None, choices=("none", "dots", "full"))
   p.add_argument("--scan", dest="scan", action="store_true", default=None)
   p.add_argument("--noscan", dest="scan", action="store_false")
@@ -324,9 +431,16 @@ def main(argv=None) -> dict:
   devices = topology_devices(args.topology, args.chip_config,
                              [int(x) for x in args.chips_per_host.split(",")])
   config = configure(load_config_file(args.config), args, len(devices))
-  compiled, _, times = compile_train(config, devices, args.inputs)
+  if args.what == "train":
+    compiled, _, times = compile_train(config, devices, args.inputs)
+  else:
+    compiled, _, times = compile_sample(config, devices, mode=args.mode,
+                                        num_prompts=args.prompts)
+  what = "train" if args.what == "train" else args.mode
   row = report(config, compiled, times, topology=args.topology, num_devices=len(devices),
-               ratio=args.ratio, dump_hlo=args.dump_hlo)
+               ratio=args.ratio, dump_hlo=args.dump_hlo, what=what)
+  if args.what != "train":
+    row["batch"] = args.prompts or len(devices)
   print_report(row)
   if args.json:
     with open(args.json, "a") as f:
