@@ -20,20 +20,13 @@ the programs stop at the decoded tokens). Modes:
              16, B/16: 32 of 64), winners finished at batch P;
   best_of_k  K*P independent decodes + the internal full-image rerank.
 Prints compile seconds (lower + compile, apart from run time), run seconds (median over
-the rounds after the compile and one untimed decode) with the process's CPU seconds and the load average (the CPU
-machine is shared: check `cores_busy` and `load_avg` before comparing), SAD's cost
+the rounds, after the compile and one untimed decode) with the process's CPU seconds and
+the load average (the CPU machine is shared: check `cores_busy` and `load_avg`), SAD's cost
 against plain and best-of-K next to the analytic (K*T + N - T) / (K*N), and the static
 padding the sampler pays: encoder tokens (visible count rounded up to a bucket) and head
 rows (revealed count rounded up to a bucket), relative to the exact counts.
 
-Measured (2-core shared CPU, fp32, encoder/head buckets 4/4; the machine was shared with
-other jobs at load 3-5, so this process got ~1-1.3 of the 2 cores: `cores_busy`):
-  anchor  plain 7.9 s (11.5 CPU-s), SAD 12.0 s, best-of-4 34.2 s; compile 9 / 29 / 15 s apart.
-          SAD / plain 1.53 (analytic 1.75), SAD / best-of-4 0.35 (analytic 0.44).
-  b16     plain 425 s at cores_busy 0.99, load 4.8; compile 18 s.
-  Static padding: anchor encoder 752 tokens run vs 603 exact (+25%; 0.59 of full length),
-  head rows 69 vs 64 exact (one static max would be 96); B/16 encoder +24% (0.60 of full
-  length), head rows 288 vs 256 (single max 448).
+Measured numbers, with their commands, machine and load: docs/RESULTS.md ("Benchmarks").
 """
 from __future__ import annotations
 
@@ -167,6 +160,7 @@ def bench(shapes: str, modes, rounds: int, reps: int, enc_b=None, head_b=None, o
     compiled = fn.lower(*args).compile()
     compile_s[mode] = time.perf_counter() - t0
     jax.block_until_ready(compiled(*args))          # untimed: first-call allocations
+    print(f"[{shapes}] {mode}: compiled in {compile_s[mode]:.1f} s", flush=True)
 
     def run(n, compiled=compiled, mode=mode):
       times = []
@@ -199,9 +193,12 @@ def bench(shapes: str, modes, rounds: int, reps: int, enc_b=None, head_b=None, o
                      # shared machine wall time depends on the neighbours, CPU time less so.
                      cpu_s=round(statistics.median(cpu[mode]), 3),
                      cores_busy=round(statistics.median(cpu[mode]) / run, 2),
-                     load_avg=round(os.getloadavg()[0], 2), summary=ours, official=off)
+                     load_avg=round(os.getloadavg()[0], 2), summary=ours, official=off,
+                     official_cpu=proc.cpu[mode] if mode in side_tasks else None)
     print(timing.ratio_line(f"[{shapes}] {mode} (compile {compile_s[mode]:.1f} s)", ours, off),
           flush=True)
+    print(f"[{shapes}] {mode} " + timing.cpu_line(
+        cpu[mode], proc.cpu[mode] if mode in side_tasks else []), flush=True)
   if proc:
     out["official_ready"] = proc.ready
   print(f"[{shapes}] {timing.load_line()}", flush=True)

@@ -142,24 +142,27 @@ def prepare(shapes: str, rng_impl: str | None = None):
   with jax.set_mesh(tr.mesh):
     compiled = tr.train_step.lower(box["state"], tr.frozen, batch).compile()
   compile_s = time.perf_counter() - t0
-  usage = timing.Rusage()
+  usage, cpu = timing.Rusage(), []
 
   def run(reps: int) -> list[float]:
     times = []
     with jax.set_mesh(tr.mesh), usage:
       for _ in range(reps):
-        s = time.perf_counter()
+        s, c = time.perf_counter(), time.process_time()
         box["state"], box["metrics"] = compiled(box["state"], tr.frozen, batch)
         jax.block_until_ready((box["state"], box["metrics"]))
         times.append(time.perf_counter() - s)
+        cpu.append(time.process_time() - c)
     return times
 
   run(1)
   usage.reset()                         # count the timed steps only
+  cpu.clear()
   an, xf = analytic_flops(config), xla_flops(compiled)
   info = dict(shapes=shapes, batch=config.batch_size, compile_s=compile_s,
               analytic_gflop=an / 1e9, xla_gflop=xf / 1e9, device=jax.devices()[0].device_kind,
-              loss=float(box["metrics"]["loss"]), usage=usage, compiled=compiled)
+              loss=float(box["metrics"]["loss"]), usage=usage, compiled=compiled,
+              cpu=cpu)
   return run, info
 
 
@@ -197,6 +200,8 @@ def bench(shapes: str, rounds: int, reps: int, rng_impl=None, official=None,
   ours = timing.summarize(times["ours"])
   off = timing.summarize(times["official"]) if official else None
   print(report(info, ours, off), flush=True)
+  print(f"[{shapes}] " + timing.cpu_line(info["cpu"], proc.cpu["train"] if proc else []),
+        flush=True)
   info["usage"] = info["usage"].as_dict()
   info.pop("compiled")
   return dict(info, ours=ours, official=off, times=times,

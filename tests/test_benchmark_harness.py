@@ -152,5 +152,20 @@ def test_official_subprocess_on_a_fake_package(tmp_path):
     times = timing.alternate(dict(train=proc.runner("train"), sad=proc.runner("sad")), 2, 2)
     assert [len(v) for v in times.values()] == [4, 4]
     assert all(x > 0 for v in times.values() for x in v)
-    assert len(proc.run("plain", 3)["cpu"]) == 3
+    assert len(proc.run("plain", 3)["cpu"]) == 3 and len(proc.cpu["sad"]) == 4
   assert proc.proc.returncode == 0
+
+
+def test_run_all_commands():
+  from benchmarks import run_all
+  cmds = run_all.commands("all", "/o", "/t", 2)
+  assert [c[1].rsplit("/", 1)[1] for c in cmds] == ["train_step.py", "sampling.py"] * 2
+  assert [c[2] for c in cmds] == ["--shapes=anchor"] * 2 + ["--shapes=b16"] * 2
+  assert all("--official=/o" in c and "--official_pythonpath=/t" in c for c in cmds)
+  assert not any("--official" in " ".join(c) for c in run_all.commands("anchor", "", "", 1))
+
+
+def test_cpu_line():
+  assert timing.cpu_line([1.0, 2.0, 3.0], [4.0]) == (
+      "CPU per repetition: ours 2.000 s, official 4.000 s, ours/official 0.500x")
+  assert timing.cpu_line([1.0], []) == "CPU per repetition: ours 1.000 s"

@@ -93,6 +93,17 @@ class Rusage:
             f"({share:.1%} of user), {self.minflt / per:,.0f} minor faults")
 
 
+def cpu_line(ours_cpu, official_cpu) -> str:
+  """Median CPU seconds per repetition of both sides (user + system of each process). On a
+  loaded machine this is the steadier comparison: wall time then also measures how each
+  side's threads cope with preemption (torch's 2-thread pool suffers far more than XLA's)."""
+  o = statistics.median(ours_cpu)
+  if not official_cpu:
+    return f"CPU per repetition: ours {o:.3f} s"
+  f = statistics.median(official_cpu)
+  return f"CPU per repetition: ours {o:.3f} s, official {f:.3f} s, ours/official {o / f:.3f}x"
+
+
 def load_line() -> str:
   """The machine's load when a result is printed (the CPU machine is shared)."""
   one, five, fifteen = os.getloadavg()
@@ -121,6 +132,7 @@ class OfficialProcess:
         env.pop(k, None)
     env["OMP_NUM_THREADS"] = str(threads)
     self.timeout_s = timeout_s
+    self.cpu = {t: [] for t in tasks}     # the worker's CPU seconds per repetition
     self.proc = subprocess.Popen(
         [python, os.path.join(here, "worker.py"), f"--official={official}",
          f"--tasks={','.join(tasks)}", f"--shapes={shapes}", f"--threads={threads}"],
@@ -142,7 +154,11 @@ class OfficialProcess:
     return self._read()
 
   def runner(self, task: str):
-    return lambda reps: self.run(task, reps)["times"]
+    def run(reps):
+      out = self.run(task, reps)
+      self.cpu[task].extend(out["cpu"])
+      return out["times"]
+    return run
 
   def close(self) -> None:
     if self.proc.poll() is None:
