@@ -25,6 +25,8 @@ paper configs, so the published recipe is unchanged; each key stays in its area)
   model.logit_scale_max          clamp of the CLIP logit scale (None: unclamped, paper)
   model.mask_text_padding        decoder / aligner ignore padded text keys (paper: attend)
   tokenizer.pixel_shift / pixel_scale   centring of identity pixel tokens (0 / 1)
+  tokenizer.kind='autoencoder'   a small tokenizer fitted to the run's data (ae_*: PCA or a
+                                 tiny KL-VAE; pretrained/autoencoder.py) instead of the SD-VAE
   loss.w_token_regression        linear z -> token readout MSE weight (0: off, no params)
   optim.head_lr_mult             learning-rate multiplier of the diffusion head (1)
   optim.decay_logit_scale / decay_embeddings   weight-decay exemptions (paper: decayed)
@@ -158,7 +160,9 @@ def base_config() -> ConfigDict:
 
   # -------------------------------------------------------------- tokenizer
   c.tokenizer = ConfigDict()
-  c.tokenizer.kind = "vae"        # 'vae' (SD KL-VAE latents, paper) | 'identity' (pixels)
+  # 'vae' (SD KL-VAE latents, paper) | 'identity' (pixels) | 'autoencoder' (a small KL-VAE
+  # of the same architecture trained on the run's data: the small-run analogue of 'vae').
+  c.tokenizer.kind = "vae"
   c.tokenizer.patch_size = 2      # patchify on the latent grid (paper)
   c.tokenizer.vae_path = ""       # local diffusers dir of sd-vae-ft-ema (converted or raw)
   c.tokenizer.vae_stride = 8
@@ -171,6 +175,23 @@ def base_config() -> ConfigDict:
   c.tokenizer.pixel_scale = 1.0
   c.tokenizer.sample_posterior = True  # training samples the posterior (paper)
   c.tokenizer.tiny_random = False      # runlocal: tiny random-weight VAE of the same architecture
+  # 'autoencoder' (pretrained/autoencoder.py, train/tokenizer.py): the image space-to-depth
+  # by ae_patch, then AutoencoderKL levels' channels (stride ae_patch * 2**(levels-1), must
+  # equal vae_stride), GroupNorm groups, mid-block attention; trained for ae_steps Adam steps
+  # of ae_batch images drawn from the first ae_train_size train images, loss = pixel MSE +
+  # ae_kl_weight * KL per latent value.
+  c.tokenizer.ae_model = "pca"       # 'pca' (closed form) | 'kl_vae' (Adam-trained)
+  c.tokenizer.ae_patch = 4
+  c.tokenizer.ae_channels = (64,)
+  c.tokenizer.ae_groups = 8
+  c.tokenizer.ae_attention = True
+  c.tokenizer.ae_steps = 600
+  c.tokenizer.ae_batch = 32
+  c.tokenizer.ae_lr = 2e-3
+  c.tokenizer.ae_kl_weight = 1e-4
+  c.tokenizer.ae_train_size = 8192
+  c.tokenizer.path = ""            # trained tokenizer directory ('' = the cache, keyed by hash)
+  c.tokenizer.cache_dir = ""       # '' = ~/.cache/dream_jax
   c.tokenizer.dtype = "float32"
 
   # ------------------------------------------------------------------- text

@@ -154,8 +154,10 @@ def retrieval(every: int = 0, at_start: bool = True, **kw) -> ConfigDict:
 def geneval(every: int = 0, at_start: bool = False, **kw) -> ConfigDict:
   """Mini-GenEval on the shapes data: colour, shape, size, position, count and relation
   accuracy of generated images against their held-out prompts, beside the real-image row
-  (the checker's ceiling, ~1.0) and the chance row (real images, another example's prompt)."""
-  own = dict(num_prompts=64, modes=("plain", "sad"), batch=16, seed=0, cfg=None,
+  (the checker's ceiling, ~1.0) and the chance row (real images, another example's prompt).
+  max_objects: 0 = prompts drawn as the data's held-out split (data.max_objects); 1 = the
+  held-out examples drawn as single-object ones."""
+  own = dict(num_prompts=64, modes=("plain", "sad"), batch=16, seed=0, max_objects=0, cfg=None,
              temperature=None, num_candidates=None, sad_step=None, sad_share=None,
              save_grids=True)
   own.update(kw)

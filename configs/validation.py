@@ -30,6 +30,7 @@ import re
 from typing import Any, Iterable
 
 RECIPES = ("dream", "fluid", "clip", "nowarmup")
+TOKENIZER_KINDS = ("vae", "identity", "autoencoder")
 RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")   # config.rng_impl; the first is the default
 MODEL_SIZES = ("B", "L", "H", "G")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -215,15 +216,17 @@ def _spacing(k: _Checker, key: str, num_timesteps: int) -> None:
 
 def _tokenizer(k: _Checker, c) -> None:
   t = c.tokenizer
-  k.one_of("tokenizer.kind", ("vae", "identity"))
+  k.one_of("tokenizer.kind", TOKENIZER_KINDS)
   for name in ("patch_size", "vae_stride", "latent_channels"):
     k.integer(f"tokenizer.{name}", 1)
   k.integer("data.image_size", 1)
-  stride = t.vae_stride if t.kind == "vae" else 1
+  latent = t.kind in ("vae", "autoencoder")
+  stride = t.vae_stride if latent else 1
   # The tokenizer's input is data.image_size (one key for the image side).
   k.need(c.data.image_size % (stride * t.patch_size) == 0, "data.image_size",
          f"must be divisible by tokenizer.vae_stride*patch_size={stride * t.patch_size}"
-         if t.kind == "vae" else f"must be divisible by tokenizer.patch_size={t.patch_size}")
+         if latent else f"must be divisible by tokenizer.patch_size={t.patch_size}")
+  _autoencoder(k, c)
   k.string("tokenizer.vae_path")
   k.number("tokenizer.scale_factor", 0.0, lo_open=True)
   k.number("tokenizer.pixel_shift")
@@ -231,6 +234,35 @@ def _tokenizer(k: _Checker, c) -> None:
   k.boolean("tokenizer.sample_posterior")
   k.boolean("tokenizer.tiny_random")
   k.one_of("tokenizer.dtype", COMPUTE_DTYPES)
+
+
+def _autoencoder(k: _Checker, c) -> None:
+  """tokenizer.ae_* (the small trained autoencoder; checked for every kind, used by one)."""
+  t = c.tokenizer
+  k.need(isinstance(t.ae_channels, (tuple, list)) and len(t.ae_channels) >= 1
+         and all(isinstance(v, int) and v >= 1 for v in t.ae_channels),
+         "tokenizer.ae_channels", "must be a non-empty tuple of positive ints")
+  k.one_of("tokenizer.ae_model", ("pca", "kl_vae"))   # pretrained.autoencoder.MODELS
+  k.integer("tokenizer.ae_patch", 1)
+  k.integer("tokenizer.ae_groups", 1)
+  k.need(all(v % t.ae_groups == 0 for v in t.ae_channels), "tokenizer.ae_groups",
+         "must divide every tokenizer.ae_channels entry")
+  k.boolean("tokenizer.ae_attention")
+  for name in ("ae_steps", "ae_batch", "ae_train_size"):
+    k.integer(f"tokenizer.{name}", 1)
+  k.number("tokenizer.ae_lr", 0.0, lo_open=True)
+  k.number("tokenizer.ae_kl_weight", 0.0)
+  k.string("tokenizer.path")
+  k.string("tokenizer.cache_dir")
+  if t.kind == "autoencoder":
+    stride = t.ae_patch * (2 ** (len(t.ae_channels) - 1) if t.ae_model == "kl_vae" else 1)
+    k.need(t.vae_stride == stride, "tokenizer.vae_stride",
+           f"must be tokenizer.ae_patch (x 2**(len(ae_channels) - 1) for kl_vae) = {stride}")
+    if t.ae_model == "pca":
+      k.need(t.latent_channels <= 3 * t.ae_patch ** 2, "tokenizer.latent_channels",
+             f"must be <= 3 * tokenizer.ae_patch**2 = {3 * t.ae_patch ** 2} for ae_model='pca'")
+    k.need(c.data.name == "shapes", "data.name",
+           "tokenizer.kind='autoencoder' trains on the shapes data only (use 'vae' otherwise)")
 
 
 def _text(k: _Checker, c) -> None:
@@ -401,6 +433,10 @@ def _evals(k: _Checker, c) -> None:
       for sub in ("num_prompts", "batch", "num_candidates"):
         if sub in e and e[sub] is not None:
           k.integer(f"{key}.{sub}", 1)
+      if "max_objects" in e:
+        k.integer(f"{key}.max_objects", 0)
+        k.need(e.max_objects <= c.data.max_objects, f"{key}.max_objects",
+               f"must be 0 (the data's) or <= data.max_objects={c.data.max_objects}")
       if "sad_step" in e and e.sad_step is not None:
         k.integer(f"{key}.sad_step", 1, c.sampling.num_steps - 1)
       for sub in ("cfg", "temperature"):

@@ -71,6 +71,52 @@ def test_flop_report_waste_is_the_top_bucket_over_the_useful_work():
   assert r["bucket_waste"] == pytest.approx(r["analytic_compiled"] / r["analytic_useful"] - 1)
 
 
+def test_hlo_flops_counts_loop_bodies_once_and_the_top_branch():
+  """The facts the FLOP report rests on, on a toy module: XLA's HloCostAnalysis counts a
+  scan body once (hence `unrolled_flops`) and a switch's most expensive branch (hence the
+  top-bucket comparison); unrolled, every layer counts."""
+  x, w = jax.numpy.zeros((8, 64)), jax.numpy.zeros((5, 64, 64))
+  one = 2 * 8 * 64 * 64
+  scan = lambda x, w: jax.lax.scan(lambda c, wi: (c @ wi, None), x, w)[0]
+  def unrolled(x, w):
+    for i in range(5):
+      x = x @ w[i]
+    return x
+  switch = lambda i, x, w: jax.lax.switch(i, [lambda x: x @ w[0], lambda x: x @ w[0] @ w[1]], x)
+  assert aot.hlo_flops(jax.jit(scan).lower(x, w)) == pytest.approx(one, abs=8)
+  assert aot.hlo_flops(jax.jit(unrolled).lower(x, w)) == pytest.approx(5 * one, abs=8)
+  assert aot.hlo_flops(jax.jit(switch).lower(0, x, w)) == pytest.approx(2 * one, abs=8)
+
+
+@pytest.mark.slow
+def test_unrolled_flops_count_every_layer_of_a_scanned_step():
+  """A scanned tiny train step (4 encoder, 3 decoder layers): the unrolled count is the
+  unscanned program's, and well above the scanned module's (each stack's body once)."""
+  from tests.helpers import train_config
+  kw = {"model.remat": "full", "model.depth": 4, "model.dec_depth": 3}
+  c = train_config(**kw, **{"model.scan_layers": True})
+  devices = jax.devices()[:1]
+  unrolled = aot.unrolled_flops(c, devices)
+  c2 = train_config(**kw, **{"model.scan_layers": False})
+  assert unrolled == aot.hlo_flops(aot.lower_train(c2, devices)[0])
+  assert unrolled > 1.3 * aot.hlo_flops(aot.lower_train(c, devices)[0])
+
+
+@pytest.mark.slow
+def test_fsdp_train_step_moves_no_activations():
+  """Activation sharding on 8 CPU devices (fsdp=8) with a head wide enough for FSDP to shard
+  its kernels (width 1024, as B/16): the partitioned step has parameter all-gathers and no
+  all-to-all (XLA's SPMD partitioner is the one TPU runs; before the head's row constraints
+  this program had 7 all-to-alls, the TPU B/16 step 12-16)."""
+  from tests.helpers import train_config
+  c = train_config(**{"model.diff_width": 1024, "model.width": 256, "model.dec_width": 256})
+  c.batch_size = 64
+  c.mesh.update(data=1, fsdp=8)
+  compiled, _, _ = aot.compile_train(c, jax.devices())
+  counts = aot.count_collectives(compiled.as_text())
+  assert counts.get("all-gather", 0) > 0 and "all-to-all" not in counts, counts
+
+
 HLO = """
   %all-gather-start.1 = (f32[8]{0}, f32[64]{0}) all-gather-start(f32[8]{0} %p), dimensions={0}
   %all-gather-done.1 = f32[64]{0} all-gather-done((f32[8]{0}, f32[64]{0}) %all-gather-start.1)
@@ -127,3 +173,13 @@ def test_sampling_program_compiles_ahead_of_time_on_cpu_devices():
                    tr.frozen, sharding.global_batch(tr.mesh, batch), sampler.conditioning.empty,
                    jax.random.key(0), np.float32(1.0), np.float32(3.0))
   assert out["images"].shape == (8, 16, 16, 3) and out["images"].dtype == np.uint8
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                    reason="libtpu not installed (pip install -r requirements-tpu.txt); CI "
+                           "does not run TPU compiles")
+def test_tiny_sampler_compiles_for_a_tpu_slice():
+  row = aot.main(["--config=configs/dream_b16.py:runlocal", "--topology=v5:2x2x1",
+                  "--what=sample", "--mode=sad"])
+  assert row["what"] == "sad" and row["chips"] == 4 and row["batch"] == 4
+  assert 0 < row["peak_gib"] < 1 and row["collectives"].get("all-gather", 0) > 0

@@ -92,7 +92,7 @@ CASES = [
     ({"text.token_init_std": 0.0}, "text.token_init_std", "> 0.0"),
     ({"mesh.param_rules": ()}, "mesh.param_rules", "(regex, spec) pairs"),
     # ---- tokenizer ----
-    ({"tokenizer.kind": "vqgan"}, "tokenizer.kind", "('vae', 'identity')"),
+    ({"tokenizer.kind": "vqgan"}, "tokenizer.kind", "('vae', 'identity', 'autoencoder')"),
     ({"tokenizer.patch_size": 3}, "data.image_size",
      "divisible by tokenizer.vae_stride*patch_size=24"),
     ({"tokenizer.kind": "identity", "tokenizer.patch_size": 5}, "data.image_size",

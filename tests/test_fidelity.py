@@ -22,6 +22,20 @@ def test_reference_rows_ceiling_above_chance():
   assert ref["chance/color_ok"] < 0.6
 
 
+def test_single_object_prompts_and_their_reference_rows():
+  """max_objects=1: every prompt names one object; the real images drawn the same way pass."""
+  from dream_jax.data import shapes
+  c = _config()
+  assert c.data.max_objects == 2
+  pairs = shapes.heldout_prompts(24, c.seed, max_objects=1)
+  assert all(int(a["num_objects"]) == 1 for _, a in pairs)
+  both = shapes.heldout_prompts(24, c.seed, max_objects=2)
+  assert any(int(a["num_objects"]) == 2 for _, a in both)
+  ref = fidelity.reference_rows(c, 24, max_objects=1)
+  assert ref["real/color_ok"] == 1.0 and ref["real/all_ok"] >= 0.8
+  assert ref["chance/cell_ok"] < 0.5
+
+
 @pytest.mark.slow
 def test_fidelity_end_to_end(tmp_path):
   c = _config()

@@ -115,8 +115,9 @@ def test_pixel_shift_and_scale_round_trip():
   from configs import demo
   from dream_jax.image_tokens import ImageTokens
   c = demo.get_config()
+  c.tokenizer.update(kind="identity", patch_size=4)   # pixel tokens (the demo's are fitted)
   img = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
-  c.tokenizer.pixel_shift, c.tokenizer.pixel_scale = 0.0, 1.0   # raw patches (the demo shifts)
+  c.tokenizer.pixel_shift, c.tokenizer.pixel_scale = 0.0, 1.0   # raw patches
   base = ImageTokens(c).to_tokens({}, {"image": img}, jax.random.key(0))
   c.tokenizer.pixel_shift, c.tokenizer.pixel_scale = -0.9, 2.5
   tok = ImageTokens(c)

@@ -13,7 +13,9 @@ rendered held-out images, no model involved:
 Checks: colour, shape, size, position (named cell), count, relation (GenEval's categories,
 with an exact checker instead of a detector), and all_ok (every check of the prompt).
 Keys (configs/evaluators.py:geneval): num_prompts, modes ('plain', 'sad', 'best_of_k'),
-batch (prompts per sampler call; every call has this size so it compiles once), seed, and
+batch (prompts per sampler call; every call has this size so it compiles once), seed,
+max_objects (0: the held-out split's own prompts; 1: the held-out indices drawn as
+single-object examples, never trained on either), and
 sampler overrides cfg, temperature, num_candidates, sad_step, sad_share (None = the run's
 sampling config), save_grids (the first 16 samples per mode go to
 W/samples/geneval_<step>_<mode>.png when the context has a workdir).
@@ -40,14 +42,16 @@ def stack_attrs(pairs) -> dict:
   return {k: np.stack([np.asarray(a[k]) for _, a in pairs]) for k in shapes.ATTR_KEYS}
 
 
-def reference_rows(config, n: int) -> dict:
-  """'real/*' and 'chance/*' accuracies of the checker on rendered held-out images."""
+def reference_rows(config, n: int, max_objects: int = 0) -> dict:
+  """'real/*' and 'chance/*' accuracies of the checker on rendered held-out images
+  (max_objects: 0 = the data's, else the prompts' draw; see `Evaluator`)."""
   d = config.data
+  m = max_objects or d.max_objects
   images = np.stack([shapes.make_example(config.seed, shapes.HELDOUT_OFFSET + i,
-                                           d.image_size, max_objects=d.max_objects,
+                                           d.image_size, max_objects=m,
                                            two_object_prob=d.two_object_prob)["image"]
                      for i in range(n)])
-  pairs = shapes.heldout_prompts(n, config.seed, max_objects=d.max_objects,
+  pairs = shapes.heldout_prompts(n, config.seed, max_objects=m,
                                    two_object_prob=d.two_object_prob)
   attrs = stack_attrs(pairs)
   rolled = {k: np.roll(v, 1, axis=0) for k, v in attrs.items()}
@@ -59,8 +63,8 @@ def reference_rows(config, n: int) -> dict:
 class Evaluator:
   """Mini-GenEval (trainer contract: see dream_jax/evaluators/__init__.py)."""
 
-  def __init__(self, predict_fns, *, context, num_prompts, modes, batch, seed, cfg,
-               temperature, num_candidates, sad_step, sad_share, save_grids):
+  def __init__(self, predict_fns, *, context, num_prompts, modes, batch, seed, max_objects,
+               cfg, temperature, num_candidates, sad_step, sad_share, save_grids):
     config = context.run_config
     if config.data.name != "shapes":
       raise ValueError("evals kind='geneval' needs config.data.name='shapes' (its "
@@ -76,8 +80,9 @@ class Evaluator:
                  sad_step=sad_step, sad_share=sad_share)
     self.overrides = {k: v for k, v in given.items() if v is not None}
     d = config.data
+    self.max_objects = int(max_objects)
     self.pairs = shapes.heldout_prompts(self.num_prompts, config.seed,
-                                          max_objects=d.max_objects,
+                                          max_objects=self.max_objects or d.max_objects,
                                           two_object_prob=d.two_object_prob)
     self.attrs = stack_attrs(self.pairs)
     self._reference = None
@@ -104,7 +109,7 @@ class Evaluator:
     del cache   # prompts come from the held-out captions directly
     predict_fns = self.predict_fns
     if self._reference is None:
-      self._reference = reference_rows(self.config, self.num_prompts)
+      self._reference = reference_rows(self.config, self.num_prompts, self.max_objects)
     out = dict(self._reference)
     for mode in self.modes:
       t0 = time.perf_counter()

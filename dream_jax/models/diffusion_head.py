@@ -77,8 +77,14 @@ def _modulate(x, shift, scale):
 
 
 def _dense(features: int, dtype: Dtype, name: str, precision=None, kernel_init=_xavier):
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, precision=precision,
-                  kernel_init=kernel_init, bias_init=_zeros, name=name)
+  """A Linear whose input and output rows stay split along N like the samples they come
+  from (`constrain_batch`; a no-op without a mesh). The head's kernels are FSDP-sharded on
+  their output features; unconstrained, the partitioner computed some outputs (and their
+  cotangents) feature-split and moved them back with all-to-alls (12-16 in B/16's backward,
+  docs/scaling.md). Constrained, FSDP gathers the kernel and rows never move."""
+  dense = nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, precision=precision,
+                   kernel_init=kernel_init, bias_init=_zeros, name=name)
+  return lambda x: constrain_batch(dense(constrain_batch(x)))
 
 
 def _layer_norm(affine: bool, dtype: Dtype, name: str):
@@ -158,15 +164,9 @@ class SimpleMLPAdaLN(nn.Module):
     t_emb = _dense(self.width, self.dtype, "time_embed_2", self.precision,
                    kernel_init=normal02)(nn.silu(t_emb))
     c_emb = _dense(self.width, self.dtype, "cond_embed", self.precision)(z)
-    # Rows stay split along N like the samples they come from (a no-op without a mesh): the
-    # adaLN input y feeds 2*depth+2 FSDP-sharded Linears, and without this constraint the
-    # partitioner moved its cotangent to a feature-split layout (12 all-to-alls at B/16 on 32
-    # chips, docs/scaling.md).
-    y = constrain_batch(t_emb + c_emb)
-    h = constrain_batch(h)
+    y = t_emb + c_emb
     for i in range(self.depth):
       h = ResBlock(self.width, self.dtype, self.precision, name=f"res_blocks_{i}")(h, y)
-      h = constrain_batch(h)
     out = FinalLayer(self.width, self._out_channels, self.dtype, self.precision,
                      name="final_layer")(h, y)
     return out.astype(jnp.float32)

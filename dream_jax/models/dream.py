@@ -282,7 +282,9 @@ class DREAM(nn.Module):
   def project_image(self, hidden, valid, use_running_average: bool = True):
     """Mean over ALL valid encoder outputs (buffer + visible) -> BN-MLP -> L2 norm: [B, E]."""
     w = valid.astype(jnp.float32)[..., None]
-    pooled = (hidden * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+    # Batch-split like the encoder outputs (the pooled gradient otherwise came back through
+    # an all-to-all from the FSDP-sharded projection; no-op without a mesh).
+    pooled = layers.constrain_batch((hidden * w).sum(1) / jnp.maximum(w.sum(1), 1.0))
     emb = self.image_projection(pooled, use_running_average=use_running_average)
     return l2_normalize(emb.astype(jnp.float32))
 

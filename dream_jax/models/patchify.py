@@ -30,8 +30,9 @@ def token_layout(tokenizer_cfg, image_size: int) -> dict:
   (`config.data.image_size`): grid, seq_len (number of tokens L), token_dim (C),
   latent_size and channels."""
   t = tokenizer_cfg
-  stride = t.vae_stride if t.kind == "vae" else 1
-  channels = t.latent_channels if t.kind == "vae" else 3
+  latent = t.kind in ("vae", "autoencoder")
+  stride = t.vae_stride if latent else 1
+  channels = t.latent_channels if latent else 3
   if image_size % (stride * t.patch_size):
     raise ValueError(f"data.image_size={image_size} must be divisible by "
                      f"tokenizer.vae_stride*patch_size={stride * t.patch_size}")

@@ -17,10 +17,14 @@ peak), XLA FLOPs and bytes accessed (`cost_analysis`), the analytic FLOPs of the
 FLOP accounting. Two data-dependent sizes are static buckets (models/api.py): the encoder's
 visible count and the diffusion head's masked rows. XLA's cost analysis of a `lax.switch`
 counts its most expensive branch, i.e. the top bucket = no token dropped and every token in
-the head. `analytic_flops` at those sizes ('analytic_compiled') is the number XLA's FLOPs
-are checked against; the same formula at the expected sizes of a training step
-(`--ratio`, the mean mask ratio; 'analytic_useful') gives the useful work, and the bucket
-choice decides where between the two a real step lands (bucketing waste, reported apart).
+the head, and counts a while-loop body ONCE. So XLA's FLOPs of the step are taken from the
+lowered module with every layer stack unrolled (`unrolled_flops`: HloCostAnalysis on the host,
+no compile; the compiled program's own count also misses the optimiser's loops, e.g. TPU
+collective matmuls, and is printed with that caveat). They are checked against
+`analytic_flops` at the top bucket plus what the remat policy recomputes ('executed'); the
+same formula at the expected sizes of a training step (`--ratio`, the mean mask ratio;
+'useful') gives the useful work, and the bucket choice decides where between the two a real
+step lands (bucketing waste, reported apart).
 
 Inputs: '--inputs=cache' (default) feeds what `dream_jax.data.cache` writes (VAE latent
 moments, frozen T5 features), as large runs do; 'raw' feeds 256px images and T5 ids, so the
@@ -247,17 +251,42 @@ def configure(config, args, num_devices: int):
   return config
 
 
-def compile_train(config, devices, inputs: str = "cache"):
-  """(compiled, trainer, seconds) of the train step on `devices` (compile-only or real)."""
+def lower_train(config, devices, inputs: str = "cache"):
+  """(lowered train step, trainer): traced and lowered on `devices`, not compiled."""
   from dream_jax.train.trainer import Trainer
-  cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
-  t0 = time.perf_counter()
   with stand_in_tokenizers(config):
     tr = Trainer(config, devices=devices)
   batch = abstract_batch(config, tr.mesh, inputs)
   with jax.set_mesh(tr.mesh):
-    lowered = tr.train_step.trace(tr.abstract_state(), tr.frozen, batch).lower()
-    t1, c1 = time.perf_counter(), cpu()
+    return tr.train_step.trace(tr.abstract_state(), tr.frozen, batch).lower(), tr
+
+
+def hlo_flops(lowered) -> float:
+  """XLA's HloCostAnalysis FLOPs of a lowered (unoptimised, unpartitioned: global) module,
+  run by the host CPU client, so no compile is needed. Like `cost_analysis()` of a compiled
+  program it counts a while-loop body once and a conditional's most expensive branch."""
+  from jax._src.lib import xla_client as xc
+  module = lowered.compiler_ir("hlo").get_hlo_module()
+  cost = xc._xla.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+  return float(cost.get("flops", float("nan")))
+
+
+def unrolled_flops(config, devices, inputs: str = "cache") -> float:
+  """Global FLOPs of the same train step with every layer stack unrolled (`scan_layers`
+  off, same remat): XLA's count of the whole step, which it cannot give for the scanned
+  program (loop bodies count once). Lowering only: seconds, no compile."""
+  c = config.copy_and_resolve_references()
+  c.model.scan_layers = False
+  return hlo_flops(lower_train(c, devices, inputs)[0])
+
+
+def compile_train(config, devices, inputs: str = "cache"):
+  """(compiled, trainer, seconds) of the train step on `devices` (compile-only or real)."""
+  cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
+  t0 = time.perf_counter()
+  lowered, tr = lower_train(config, devices, inputs)
+  t1, c1 = time.perf_counter(), cpu()
+  with jax.set_mesh(tr.mesh):
     compiled = lowered.compile()
   t2, c2 = time.perf_counter(), cpu()
   # CPU seconds as well as wall time: on a shared host the wall time depends on the load.
@@ -351,15 +380,15 @@ def report(config, compiled, times: dict, *, topology: str, num_devices: int,
     # its FLOPs are those of one decoding step plus the prologue, not of the whole loop.
     return row
   flops = flop_report(config, ratio)
+  if "unrolled_flops" in times:
+    row["xla_unrolled_tflop"] = times["unrolled_flops"] / 1e12
+    row["xla_unrolled_over_executed"] = times["unrolled_flops"] / flops["analytic_executed"] - 1
   row.update(analytic_compiled_tflop=flops["analytic_compiled"] / 1e12,
              analytic_executed_tflop=flops["analytic_executed"] / 1e12,
              analytic_useful_tflop=flops["analytic_useful"] / 1e12, useful_ratio=ratio,
              xla_over_analytic=xla_total / flops["analytic_compiled"] - 1.0,
              xla_over_executed=xla_total / flops["analytic_executed"] - 1.0,
-             bucket_waste=flops["bucket_waste"],
-             # XLA's cost analysis counts a while-loop body once: with scanned layers its
-             # FLOPs miss (depth - 1) blocks of every stack; compare unscanned programs.
-             flops_comparable=not bool(m.get("scan_layers", False)))
+             bucket_waste=flops["bucket_waste"])
   for mfu in (0.4, 0.6):
     step = flops["analytic_useful"] / (num_devices * peak * mfu)
     row[f"step_s_at_{int(mfu * 100)}mfu"] = step
@@ -383,9 +412,9 @@ def print_report(row: dict) -> None:
     print("  collectives: " + ", ".join(f"{k} {v}" for k, v in row["collectives"].items()))
     print("JSON " + json.dumps(row, sort_keys=True))
     return
-  note = "" if row["flops_comparable"] else (
-      " [scanned layers: XLA counts each loop body once, so its FLOPs are NOT the step's;"
-      " compile with --noscan to compare]")
+  note = (" [XLA counts each while-loop body once: the optimiser's own loops (collective"
+          " matmuls) and, with scanned layers, the layer loops make this an undercount; see"
+          " the unrolled count below]")
   print(f"  FLOPs/step (all chips): XLA {row['xla_tflop']:.1f} TFLOP vs analytic "
         f"{row['analytic_compiled_tflop']:.1f} at the top bucket "
         f"({100 * row['xla_over_analytic']:+.1f}%), "
@@ -393,6 +422,10 @@ def print_report(row: dict) -> None:
         f"({100 * row['xla_over_executed']:+.1f}%){note}; useful at mask ratio "
         f"{row['useful_ratio']}: {row['analytic_useful_tflop']:.1f} TFLOP (top bucket "
         f"{100 * row['bucket_waste']:+.1f}% over it)")
+  if "xla_unrolled_tflop" in row:
+    print(f"  XLA FLOPs of the same step with the layers unrolled (HloCostAnalysis of the "
+          f"lowered module): {row['xla_unrolled_tflop']:.1f} TFLOP, "
+          f"{100 * row['xla_unrolled_over_executed']:+.1f}% vs analytic with remat")
   print(f"  bytes accessed per chip {row['bytes_accessed_gib']:.1f} GiB; step time at "
         f"40%/60% MFU {row['step_s_at_40mfu']:.3f} / {row['step_s_at_60mfu']:.3f} s")
   print("  collectives: " + ", ".join(f"{k} {v}" for k, v in row["collectives"].items()))
@@ -431,17 +464,34 @@ def main(argv=None) -> dict:
   devices = topology_devices(args.topology, args.chip_config,
                              [int(x) for x in args.chips_per_host.split(",")])
   config = configure(load_config_file(args.config), args, len(devices))
-  if args.what == "train":
-    compiled, _, times = compile_train(config, devices, args.inputs)
-  else:
-    compiled, _, times = compile_sample(config, devices, mode=args.mode,
-                                        num_prompts=args.prompts)
   what = "train" if args.what == "train" else args.mode
-  row = report(config, compiled, times, topology=args.topology, num_devices=len(devices),
-               ratio=args.ratio, dump_hlo=args.dump_hlo, what=what)
-  if args.what != "train":
-    row["batch"] = args.prompts or len(devices)
-  print_report(row)
+  t0 = time.perf_counter()
+  try:
+    if args.what == "train":
+      compiled, _, times = compile_train(config, devices, args.inputs)
+      times["unrolled_flops"] = unrolled_flops(config, devices, args.inputs)
+    else:
+      compiled, _, times = compile_sample(config, devices, mode=args.mode,
+                                          num_prompts=args.prompts)
+  except jax.errors.JaxRuntimeError as e:
+    # XLA:TPU refuses a program that does not fit the chip's HBM at compile time; that is a
+    # result (say so, with XLA's own numbers), not a crash.
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    row = dict(what=what, config=config.model.size, topology=args.topology,
+               chips=len(devices), batch=config.batch_size, remat=str(config.model.remat),
+               scan=bool(config.model.scan_layers), fits=False,
+               compile_s=round(time.perf_counter() - t0, 1), error=str(e).strip()[:2000])
+    print(f"DREAM-{row['config']} {what} on {args.topology}, batch {row['batch']}, remat="
+          f"{row['remat']} scan={row['scan']}: DOES NOT FIT ({row['compile_s']} s)\n"
+          f"  {row['error'][:600]}")
+  else:
+    row = report(config, compiled, times, topology=args.topology, num_devices=len(devices),
+                 ratio=args.ratio, dump_hlo=args.dump_hlo, what=what)
+    row["fits"] = True
+    if args.what != "train":
+      row["batch"] = args.prompts or len(devices)
+    print_report(row)
   if args.json:
     with open(args.json, "a") as f:
       f.write(json.dumps(row, sort_keys=True) + "\n")
@@ -449,8 +499,9 @@ def main(argv=None) -> dict:
 
 
 def cli() -> None:
-  """Console script `dream-aot` (pip install .[tpu])."""
-  main()
+  """Console script `dream-aot` (pip install .[tpu]); exit status 2 when it does not fit."""
+  if not main()["fits"]:
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,11 @@ class Components:
 
   def init_frozen(self) -> dict:
     """{'vae', 'text'} (+ 'empty_cond' for frozen condition encoders); fixed keys, so tiny
-    random stand-ins are reproducible."""
+    random stand-ins are reproducible. An 'autoencoder' tokenizer missing from its cache is
+    trained here first (train/tokenizer.py: deterministic, about a minute on CPU)."""
+    if self.config.tokenizer.kind == "autoencoder":
+      from dream_jax.train import tokenizer
+      tokenizer.ensure(self.config)
     frozen = dict(vae=self.image_tokens.init_frozen(jax.random.key(0)),
                   text=self.conditioning.frozen_encoder.init_frozen(jax.random.key(1)))
     return self.conditioning.with_empty_features(frozen)
@@ -109,8 +113,13 @@ class Components:
     enc = self.conditioning.frozen_encoder
 
     def random_init():
-      vae = self.image_tokens.vae
-      return dict(vae={} if vae is None else vae.init_params(jax.random.key(0)),
+      vae, ae = self.image_tokens.vae, self.image_tokens.autoencoder
+      if ae is not None:
+        from dream_jax.pretrained import autoencoder
+        vae_shapes = autoencoder.frozen_shapes(ae)
+      else:
+        vae_shapes = {} if vae is None else vae.init_params(jax.random.key(0))
+      return dict(vae=vae_shapes,
                   text={} if enc.encoder is None else enc.encoder.init_params(
                       jax.random.key(1)))
     shapes = jax.eval_shape(random_init)
