@@ -2,8 +2,15 @@
 
   python benchmarks/sampling.py --shapes=anchor     # 16 images, 16 steps, 50 diffusion steps
   python benchmarks/sampling.py --shapes=b16        # 2 images, 64 steps, 100 diffusion steps (slow on CPU)
-  python benchmarks/sampling.py --shapes=all [--reps=2] [--modes=plain,sad,best_of_k]
+  python benchmarks/sampling.py --shapes=all [--rounds=2] [--reps=1] [--modes=plain,sad,best_of_k]
       [--encoder_buckets=4] [--head_buckets=4]
+  python benchmarks/sampling.py --shapes=anchor --official=/path/to/dream \
+      [--official_pythonpath=/path/with/timm]   # side by side: plain and SAD vs the official
+
+With --official the official model is built at the same shapes in a subprocess
+(benchmarks/official/worker.py) and its `sample_tokens` / `sample_tokens_with_clip_critic_once`
+(the official SAD) are timed alternately with ours in this run (--rounds rounds of --reps
+decodes per side); best-of-K has no official counterpart and is timed on our side only.
 
 Like the official measurement: random weights, fp32, CFG 3.0 with the linear schedule, the
 frozen T5 features fed as random `cond_embeddings` (the T5 and the VAE decoder do not run;
@@ -12,21 +19,14 @@ the programs stop at the decoded tokens). Modes:
   sad        K=4 candidates per prompt batched (K*P), selection after T steps (anchor: 4 of
              16, B/16: 32 of 64), winners finished at batch P;
   best_of_k  K*P independent decodes + the internal full-image rerank.
-Prints compile seconds (lower + compile, apart from run time), run seconds (median of
---reps after the compile) with the process's CPU seconds and the load average (the CPU
-machine is shared: check `cores_busy` and `load_avg` before comparing), SAD's cost
+Prints compile seconds (lower + compile, apart from run time), run seconds (median over
+the rounds, after the compile and one untimed decode) with the process's CPU seconds and
+the load average (the CPU machine is shared: check `cores_busy` and `load_avg`), SAD's cost
 against plain and best-of-K next to the analytic (K*T + N - T) / (K*N), and the static
 padding the sampler pays: encoder tokens (visible count rounded up to a bucket) and head
 rows (revealed count rounded up to a bucket), relative to the exact counts.
 
-Measured (2-core shared CPU, fp32, encoder/head buckets 4/4; the machine was shared with
-other jobs at load 3-5, so this process got ~1-1.3 of the 2 cores: `cores_busy`):
-  anchor  plain 7.9 s (11.5 CPU-s), SAD 12.0 s, best-of-4 34.2 s; compile 9 / 29 / 15 s apart.
-          SAD / plain 1.53 (analytic 1.75), SAD / best-of-4 0.35 (analytic 0.44).
-  b16     plain 425 s at cores_busy 0.99, load 4.8; compile 18 s.
-  Static padding: anchor encoder 752 tokens run vs 603 exact (+25%; 0.59 of full length),
-  head rows 69 vs 64 exact (one static max would be 96); B/16 encoder +24% (0.60 of full
-  length), head rows 288 vs 256 (single max 448).
+Measured numbers, with their commands, machine and load: docs/RESULTS.md ("Benchmarks").
 """
 from __future__ import annotations
 
@@ -40,12 +40,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dream_jax.utils import malloc  # noqa: E402
+
+if __name__ == "__main__":       # our side runs under the allocator main.py uses
+  malloc.reexec_with_tuned_malloc()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-# No official time is stored here: a ratio counts only when both sides ran in the same run.
-NO_RATIO = ("no ratio to the official code: none was measured in this run (issue 17: a side-by-side run with --official is still to be built)")
+from benchmarks.official import timing  # noqa: E402
+
 SHAPES = {  # images P, decoding steps N, diffusion steps, K, T
     "anchor": dict(prompts=16, steps=16, diffusion="50", k=4, t=4),
     "b16": dict(prompts=2, steps=64, diffusion="100", k=4, t=32),
@@ -118,7 +123,8 @@ def padding_report(dec) -> dict:
               head_rows_single_max=int(s.max_revealed * s.num_steps))
 
 
-def bench(shapes: str, modes, reps: int, enc_b=None, head_b=None) -> dict:
+def bench(shapes: str, modes, rounds: int, reps: int, enc_b=None, head_b=None, official="",
+          official_pythonpath="") -> dict:
   from dream_jax.train.components import build_model
   from dream_jax.conditioning import Conditioning
   from dream_jax.sampling import mar, sad
@@ -147,27 +153,55 @@ def bench(shapes: str, modes, reps: int, enc_b=None, head_b=None) -> dict:
   out = dict(shapes=shapes, images=s["prompts"], steps=s["steps"],
              diffusion_steps=s["diffusion"], K=s["k"], T=s["t"], init_s=round(t_init, 2),
              devices=str(jax.devices()[0].device_kind), padding=padding_report(dec))
+  runners, compile_s, cpu = {}, {}, {m: [] for m in modes}
   for mode in modes:
     fn = jax.jit(progs[mode])
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
-    t_compile = time.perf_counter() - t0
-    times, cpu = [], []
-    for _ in range(reps):
-      t0, c0 = time.perf_counter(), time.process_time()
-      jax.block_until_ready(compiled(*args))
-      times.append(time.perf_counter() - t0)
-      cpu.append(time.process_time() - c0)
-    run = statistics.median(times)
-    out[mode] = dict(compile_s=round(t_compile, 2), run_s=round(run, 3),
-                     runs=[round(x, 3) for x in times],
+    compile_s[mode] = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))          # untimed: first-call allocations
+    print(f"[{shapes}] {mode}: compiled in {compile_s[mode]:.1f} s", flush=True)
+
+    def run(n, compiled=compiled, mode=mode):
+      times = []
+      for _ in range(n):
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+        cpu[mode].append(time.process_time() - c0)
+      return times
+    runners[mode] = run
+  side_tasks = [m for m in modes if m in ("plain", "sad")] if official else []
+  proc = None
+  if side_tasks:
+    proc = timing.OfficialProcess(official, shapes, tuple(side_tasks),
+                                  extra_path=official_pythonpath)
+    for m in side_tasks:
+      runners["official_" + m] = proc.runner(m)
+  try:
+    times = timing.alternate(runners, rounds, reps)
+  finally:
+    if proc:
+      proc.close()
+  for mode in modes:
+    ours = timing.summarize(times[mode])
+    off = timing.summarize(times["official_" + mode]) if mode in side_tasks else None
+    run = ours["median"]
+    out[mode] = dict(compile_s=round(compile_s[mode], 2), run_s=round(run, 3),
+                     runs=[round(x, 3) for x in times[mode]],
                      # CPU seconds of this process per run and cores busy on average: on a
                      # shared machine wall time depends on the neighbours, CPU time less so.
-                     cpu_s=round(statistics.median(cpu), 3),
-                     cores_busy=round(statistics.median(cpu) / run, 2),
-                     load_avg=round(os.getloadavg()[0], 2))
-    print(f"[{shapes}] {mode}: compile {t_compile:.1f} s, run {run:.3f} s, "
-          f"cpu {statistics.median(cpu):.2f} s", flush=True)
+                     cpu_s=round(statistics.median(cpu[mode]), 3),
+                     cores_busy=round(statistics.median(cpu[mode]) / run, 2),
+                     load_avg=round(os.getloadavg()[0], 2), summary=ours, official=off,
+                     official_cpu=proc.cpu[mode] if mode in side_tasks else None)
+    print(timing.ratio_line(f"[{shapes}] {mode} (compile {compile_s[mode]:.1f} s)", ours, off),
+          flush=True)
+    print(f"[{shapes}] {mode} " + timing.cpu_line(
+        cpu[mode], proc.cpu[mode] if mode in side_tasks else []), flush=True)
+  if proc:
+    out["official_ready"] = proc.ready
+  print(f"[{shapes}] {timing.load_line()}", flush=True)
   if "sad" in out and "plain" in out:
     k, t, n = s["k"], s["t"], s["steps"]
     out["sad_vs_plain"] = round(out["sad"]["run_s"] / out["plain"]["run_s"], 3)
@@ -183,15 +217,22 @@ def main(argv=None):
   p = argparse.ArgumentParser()
   p.add_argument("--shapes", choices=("anchor", "b16", "all"), default="anchor")
   p.add_argument("--modes", default="plain,sad,best_of_k")
-  p.add_argument("--reps", type=int, default=2)
+  p.add_argument("--rounds", type=int, default=2, help="alternating rounds (each side per round)")
+  p.add_argument("--reps", type=int, default=1, help="timed decodes per side per round")
   p.add_argument("--encoder_buckets", type=int, default=None)
   p.add_argument("--head_buckets", type=int, default=None)
+  p.add_argument("--official", default="", help="local checkout of the official DREAM code")
+  p.add_argument("--official_pythonpath", default="",
+                 help="extra PYTHONPATH of the official subprocess (e.g. where timm is)")
+  p.add_argument("--json", default="", help="also write the results to this file")
   a = p.parse_args(argv)
   modes = [m for m in a.modes.split(",") if m]
   shapes = ("anchor", "b16") if a.shapes == "all" else (a.shapes,)
-  results = [bench(s, modes, a.reps, a.encoder_buckets, a.head_buckets) for s in shapes]
-  print(json.dumps(results, indent=1))
-  print(NO_RATIO, flush=True)
+  results = [bench(s, modes, a.rounds, a.reps, a.encoder_buckets, a.head_buckets, a.official,
+                   a.official_pythonpath) for s in shapes]
+  if a.json:
+    with open(a.json, "w") as f:
+      json.dump(results, f, indent=1)
   return results
 
 

@@ -1,16 +1,22 @@
 """Training-step benchmark at the official PyTorch DREAM's anchor shapes (docs/PERF_ANCHOR.md).
 
   python benchmarks/train_step.py --shapes=anchor      # configs/anchor_demo.py, batch 32
-  python benchmarks/train_step.py --shapes=b16         # DREAM-B/16 shapes, batch 4 (~1 min compile on CPU)
-  python benchmarks/train_step.py --shapes=all [--steps=5]
+  python benchmarks/train_step.py --shapes=b16         # DREAM-B/16 shapes, batch 4 (slow compile on CPU)
+  python benchmarks/train_step.py --shapes=all [--rounds=3] [--reps=3]
+  python benchmarks/train_step.py --shapes=anchor --official=/path/to/dream \
+      [--official_pythonpath=/path/with/timm]         # side by side with the official code
 
 Inputs are random arrays of the right shapes, like the official measurement: cached VAE
 latent moments and frozen T5 features (`cond_embeddings`), so neither frozen network runs;
-dropout 0.1 and mask ratio fixed at 0.5. Prints step time (median after warm-up), examples/s,
-FLOPs per step (analytic: forward matmuls x3, the diffusion head only on masked tokens; and
-XLA's `compiled.cost_analysis()`, which may count every `lax.switch` bucket branch), the
-achieved GFLOP/s and MFU when an accelerator is present (no ratio to the official step: none
-runs beside it here).
+dropout 0.1 and mask ratio fixed at 0.5. One step is forward, backward, global-norm clip,
+AdamW and the EMA update, on both sides. With --official the official model is built at the
+same shapes in a subprocess (benchmarks/official/worker.py: torch, 2 threads, CPU shims) and
+both are timed alternately in this run: --rounds rounds of --reps steps each side, order
+flipped every round; the medians with [min-max] and ours / official are printed. Without it
+only our numbers are printed, with "no ratio measured". Also printed: compile time, FLOPs
+per step (analytic: forward matmuls x3, the diffusion head only on masked tokens; and XLA's
+`compiled.cost_analysis()`, which may count every `lax.switch` bucket branch), the achieved
+GFLOP/s and MFU when an accelerator is present.
 """
 from __future__ import annotations
 
@@ -21,6 +27,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dream_jax.utils import malloc  # noqa: E402
+
+if __name__ == "__main__":       # our side runs under the allocator main.py uses
+  malloc.reexec_with_tuned_malloc()
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -28,8 +39,7 @@ PEAK_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5e": 197, "TPU v5p": 459
                "TPU v6 lite": 918, "H100": 989, "H200": 989, "A100": 312, "L4": 121}
 
 
-# No official time is stored here: a ratio counts only when both sides ran in the same run.
-NO_RATIO = ("no ratio to the official code: none was measured in this run (issue 17: a side-by-side run with --official is still to be built)")
+from benchmarks.official import timing  # noqa: E402
 
 
 def config_for(shapes: str):
@@ -45,6 +55,9 @@ def config_for(shapes: str):
   c.compute_dtype = "float32"
   c.masking.update(kind="fixed", fixed_ratio=0.5, group_size=4)
   c.model.update(attn_dropout=0.1, proj_dropout=0.1)
+  # Identical work on both sides: the official step does not recompute activations
+  # (grad_checkpointing off), and batch 4 fits in CPU memory without rematerialisation.
+  c.model.remat = "none"
   c.tokenizer.tiny_random = True        # latents are fed; the VAE never runs
   c.text.tiny_random = True             # T5 features are fed; only the empty caption runs
   return c
@@ -114,7 +127,9 @@ def xla_flops(compiled) -> float:
   return float((ca or {}).get("flops", float("nan")))
 
 
-def bench(shapes: str, steps: int, rng_impl: str | None = None) -> dict:
+def prepare(shapes: str, rng_impl: str | None = None):
+  """Our compiled train step at `shapes`: (run(reps) -> [seconds], info dict). One untimed
+  step runs first (it warms caches and allocations)."""
   from dream_jax.train import sharding
   from dream_jax.train.trainer import Trainer
   config = config_for(shapes)
@@ -122,49 +137,95 @@ def bench(shapes: str, steps: int, rng_impl: str | None = None) -> dict:
     config.rng_impl = rng_impl
   t0 = time.perf_counter()
   tr = Trainer(config)
-  state = tr.fresh_state()
+  box = dict(state=tr.fresh_state())
   batch = sharding.global_batch(tr.mesh, synthetic_batch(config, np.random.default_rng(0)))
   with jax.set_mesh(tr.mesh):
-    lowered = tr.train_step.lower(state, tr.frozen, batch)
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
+    compiled = tr.train_step.lower(box["state"], tr.frozen, batch).compile()
+  compile_s = time.perf_counter() - t0
+  usage, cpu = timing.Rusage(), []
+
+  def run(reps: int) -> list[float]:
     times = []
-    for i in range(steps + 1):
-      s = time.perf_counter()
-      state, m = compiled(state, tr.frozen, batch)
-      jax.block_until_ready((state, m))
-      if i:                                  # the first call warms caches / allocations
+    with jax.set_mesh(tr.mesh), usage:
+      for _ in range(reps):
+        s, c = time.perf_counter(), time.process_time()
+        box["state"], box["metrics"] = compiled(box["state"], tr.frozen, batch)
+        jax.block_until_ready((box["state"], box["metrics"]))
         times.append(time.perf_counter() - s)
-  step_s = float(np.median(times))
+        cpu.append(time.process_time() - c)
+    return times
+
+  run(1)
+  usage.reset()                         # count the timed steps only
+  cpu.clear()
   an, xf = analytic_flops(config), xla_flops(compiled)
-  out = dict(shapes=shapes, batch=config.batch_size, step_s=step_s,
-             examples_per_s=config.batch_size / step_s, compile_s=compile_s,
-             analytic_gflop=an / 1e9, xla_gflop=xf / 1e9, achieved_gflops=an / step_s / 1e9,
-             loss=float(m["loss"]), device=jax.devices()[0].device_kind)
-  kind = jax.devices()[0].device_kind
+  info = dict(shapes=shapes, batch=config.batch_size, compile_s=compile_s,
+              analytic_gflop=an / 1e9, xla_gflop=xf / 1e9, device=jax.devices()[0].device_kind,
+              loss=float(box["metrics"]["loss"]), usage=usage, compiled=compiled,
+              cpu=cpu)
+  return run, info
+
+
+def report(info: dict, ours: dict, official: dict | None) -> str:
+  step_s = ours["median"]
+  an = info["analytic_gflop"] * 1e9
+  kind = info["device"]
   peak = next((v for k, v in PEAK_TFLOPS.items() if k.lower() in kind.lower()), None)
+  mfu = ""
   if jax.devices()[0].platform != "cpu" and peak:
-    out["mfu"] = an / step_s / (peak * 1e12 * jax.device_count())
-  return out
+    mfu = f", MFU {an / step_s / (peak * 1e12 * jax.device_count()):.1%}"
+  s = info["shapes"]
+  return "\n".join([
+      timing.ratio_line(f"[{s}] train step, batch {info['batch']} on {kind}", ours, official),
+      f"[{s}] {info['batch'] / step_s:.1f} ex/s, compile {info['compile_s']:.1f} s; FLOPs/step: "
+      f"analytic {info['analytic_gflop']:.1f} GFLOP, XLA cost analysis {info['xla_gflop']:.1f} "
+      f"GFLOP; achieved {an / step_s / 1e9:.1f} GFLOP/s{mfu}",
+      f"[{s}] ours {info['usage'].line(ours['n'])}; {timing.load_line()}"])
 
 
-def main():
+def bench(shapes: str, rounds: int, reps: int, rng_impl=None, official=None,
+          official_pythonpath="") -> dict:
+  """Times our step (and the official one when `official` is a path) alternately."""
+  run, info = prepare(shapes, rng_impl)
+  runners = dict(ours=run)
+  proc = None
+  if official:
+    proc = timing.OfficialProcess(official, shapes, ("train",), extra_path=official_pythonpath)
+    runners["official"] = proc.runner("train")
+  try:
+    times = timing.alternate(runners, rounds, reps)
+  finally:
+    if proc:
+      proc.close()
+  ours = timing.summarize(times["ours"])
+  off = timing.summarize(times["official"]) if official else None
+  print(report(info, ours, off), flush=True)
+  print(f"[{shapes}] " + timing.cpu_line(info["cpu"], proc.cpu["train"] if proc else []),
+        flush=True)
+  info["usage"] = info["usage"].as_dict()
+  info.pop("compiled")
+  return dict(info, ours=ours, official=off, times=times,
+              official_ready=proc.ready if proc else None)
+
+
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--shapes", default="anchor", choices=("anchor", "b16", "all", "demo"))
-  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--rounds", type=int, default=3, help="alternating rounds (each side per round)")
+  p.add_argument("--reps", type=int, default=3, help="timed steps per side per round")
+  p.add_argument("--official", default="", help="local checkout of the official DREAM code")
+  p.add_argument("--official_pythonpath", default="",
+                 help="extra PYTHONPATH of the official subprocess (e.g. where timm is)")
   from configs.common import RNG_IMPLS
   p.add_argument("--rng_impl", default=RNG_IMPLS[0], choices=RNG_IMPLS,
                  help="config.rng_impl: the PRNG behind the dropout masks")
-  a = p.parse_args()
+  a = p.parse_args(argv)
+  if a.official and a.shapes == "demo":
+    p.error("--official needs official shapes (anchor, b16 or all)")
+  out = []
   for s in (("anchor", "b16") if a.shapes == "all" else (a.shapes,)):
-    r = bench(s, a.steps, a.rng_impl)
-    print(f"[{s}] rng {a.rng_impl}, batch {r['batch']} on {r['device']}: step {r['step_s']:.3f} s "
-          f"{r['examples_per_s']:.1f} ex/s, compile {r['compile_s']:.1f} s")
-    print(f"[{s}] FLOPs/step: analytic {r['analytic_gflop']:.1f} GFLOP, XLA cost analysis "
-          f"{r['xla_gflop']:.1f} GFLOP; achieved "
-          f"{r['achieved_gflops']:.1f} GFLOP/s" + (f", MFU {r['mfu']:.1%}" if "mfu" in r else ""),
-          flush=True)
-  print(f"{NO_RATIO}", flush=True)
+    out.append(bench(s, a.rounds, a.reps, a.rng_impl, a.official, a.official_pythonpath))
+  return out
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The anchor demo shapes of docs/PERF_ANCHOR.md (what the official PyTorch DREAM was timed on).
 
-  python benchmarks/train_step.py --shapes=anchor          # step time vs the official 2.14 s
+  python benchmarks/train_step.py --shapes=anchor [--official=PATH]   # step time (side by side)
   python main.py --config=configs/anchor_demo.py --workdir=W   # trains (tiny random VAE / T5)
 
 Shapes: 64 image tokens of dim 16 (SD-VAE layout at 128 px: latent 4x16x16, patch 2);

@@ -87,8 +87,17 @@ class Conditioning:
     return self.model.embed_text(variables, clip_ids, self.eot_positions(clip_ids))
 
   def text_embedding(self, variables, clip_ids) -> jax.Array:
-    """Unit CLIP-tower embeddings [B, E] (contrastive loss, retrieval, the SAD critic)."""
-    return self.embed_text(variables, clip_ids)[0]
+    """Unit CLIP-tower embeddings [B, E] (contrastive loss, retrieval, the SAD critic); the
+    tower runs on the prefix up to the last end-of-text position only (`DreamModel`)."""
+    return self.model.text_embedding(variables, clip_ids, self.eot_positions(clip_ids))
+
+  def contrastive_text(self, variables, clip_ids):
+    """(unit embedding [B, E], token features [B, ctx, W] or None) for the contrastive loss:
+    with the clip_tower condition the features are returned for `condition` to reuse (one
+    tower pass per step), else only the embedding is computed, on the text prefix."""
+    if self.kind == "clip_tower":
+      return self.embed_text(variables, clip_ids)
+    return self.text_embedding(variables, clip_ids), None
 
   # --------------------------------------------------------------- dropout
   def drop_mask(self, rng, batch_size: int) -> jax.Array:

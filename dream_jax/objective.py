@@ -66,7 +66,7 @@ class DreamObjective:
     text_feats = None   # the tower's features of the true captions, shared with the condition
 
     if lc.w_contrastive > 0:
-      txt, text_feats = text.embed_text(variables, batch["clip_ids"])
+      txt, text_feats = text.contrastive_text(variables, batch["clip_ids"])
       contributes = losses.clip_contributes(mask, lc.clip_max_mask_ratio)
       valid = batch.get("valid")
       if valid is not None:

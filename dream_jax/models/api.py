@@ -15,6 +15,8 @@ Calls (B batch, L image tokens, C token dim, S = buffer + L, E embed dim, Lc con
                        batch_stats)   # updated running stats when train=True
   embed_text(variables, clip_ids [B,ctx] int32, eot_pos [B] int32)
       -> (embedding [B,E] unit-norm, feats [B,ctx,W])   (eot: `Conditioning.eot_positions`)
+  text_embedding(variables, clip_ids, eot_pos) -> embedding [B,E]   (the same embedding, the
+      tower run only on the prefix up to the batch's last end-of-text position, bucketed)
   condition(variables, cond: dict, *, train, rng, text_feats=None) -> ctx [B,Lc,Ddec]
       cond = {'features': [B,Lc,Dc], 'mask': [B,Lc] bool}   (frozen t5 / minilm features)
            | {'ids': [B,Lc] int32, 'mask': [B,Lc] bool}     ('small' trainable encoder)
@@ -46,6 +48,9 @@ from dream_jax.models.dream import DREAM, ModelSpec
 
 __all__ = ["DreamModel", "ImageEncoding", "bucket_sizes", "bucketed"]
 
+# Static prefix lengths of the CLIP tower for pooled-only calls (77 -> 16, 31, 47, 62, 77).
+TEXT_BUCKETS = 5
+
 
 class ImageEncoding(NamedTuple):
   hidden: jax.Array        # [B, S, D] position-indexed encoder outputs (0 where invalid)
@@ -70,6 +75,7 @@ class DreamModel:
     self.train_diffusion = diffloss.train_diffusion
     self.encoder_path = encoder_path
     self.encoder_sizes = bucket_sizes(spec.seq_len, encoder_buckets)
+    self.text_sizes = bucket_sizes(spec.text_ctx, TEXT_BUCKETS)
     self.mask_text_padding = mask_text_padding
     self.logit_scale_max = logit_scale_max
 
@@ -140,6 +146,15 @@ class DreamModel:
     """(embedding [B,E] unit-norm f32, token features [B,ctx,W]); eot_pos [B] int32 is the
     first end-of-text position (`Conditioning.eot_positions`)."""
     return self._apply(variables, clip_ids, eot_pos, method=DREAM.embed_text)
+
+  def text_embedding(self, variables, clip_ids, eot_pos):
+    """embedding [B,E] of `embed_text`, computed on the first k positions only, k the
+    smallest static size > every eot_pos. The tower is causal and pools at eot_pos, so the
+    positions after it cannot change the embedding (or its gradients): captions of ~10
+    words then cost ~1/5 of the 77-position tower. Use `embed_text` for the token features."""
+    def run(k, ids, eot):
+      return self.embed_text(variables, ids[:, :k], eot)[0]
+    return bucketed(eot_pos.max() + 1, self.text_sizes, run, clip_ids, eot_pos)
 
   def condition(self, variables, cond, *, train=False, rng=None, text_feats=None):
     """Aligner output [B,Lc,Ddec]; see the module docstring for `cond`."""
