@@ -123,8 +123,12 @@ def padding_report(dec) -> dict:
               head_rows_single_max=int(s.max_revealed * s.num_steps))
 
 
-def bench(shapes: str, modes, rounds: int, reps: int, enc_b=None, head_b=None, official="",
-          official_pythonpath="") -> dict:
+def setup(shapes: str, enc_b=None, head_b=None):
+  """Builds the random-weight model and the sampler's programs at `shapes`.
+
+  Returns (progs, args, info): progs maps a mode to its (unjitted) decode function, args
+  are the positional arguments every program takes, info the run's static facts.
+  """
   from dream_jax.train.components import build_model
   from dream_jax.conditioning import Conditioning
   from dream_jax.sampling import mar, sad
@@ -150,9 +154,25 @@ def bench(shapes: str, modes, rounds: int, reps: int, enc_b=None, head_b=None, o
       sad=functools.partial(sad.decode_sad, dec, fns, num_candidates=s["k"], sad_step=s["t"]),
       best_of_k=functools.partial(sad.decode_best_of_k, dec, fns, num_candidates=s["k"]))
   args = (variables, {}, batch, uncond, jax.random.key(1), jnp.float32(1.0), jnp.float32(3.0))
-  out = dict(shapes=shapes, images=s["prompts"], steps=s["steps"],
-             diffusion_steps=s["diffusion"], K=s["k"], T=s["t"], init_s=round(t_init, 2),
-             devices=str(jax.devices()[0].device_kind), padding=padding_report(dec))
+  info = dict(shapes=shapes, images=s["prompts"], steps=s["steps"],
+              diffusion_steps=s["diffusion"], K=s["k"], T=s["t"], init_s=round(t_init, 2),
+              devices=str(jax.devices()[0].device_kind), padding=padding_report(dec))
+  return progs, args, info
+
+
+def prepare_mode(shapes: str, mode: str):
+  """(run_once, compiled) of one sampling mode's program (for benchmarks/profile_breakdown.py)."""
+  progs, args, _ = setup(shapes)
+  compiled = jax.jit(progs[mode]).lower(*args).compile()
+  jax.block_until_ready(compiled(*args))            # untimed: first-call allocations
+  return (lambda: jax.block_until_ready(compiled(*args))), compiled
+
+
+def bench(shapes: str, modes, rounds: int, reps: int, enc_b=None, head_b=None, official="",
+          official_pythonpath="") -> dict:
+  from dream_jax.sampling import sad
+  s = SHAPES[shapes]
+  progs, args, out = setup(shapes, enc_b, head_b)
   runners, compile_s, cpu = {}, {}, {m: [] for m in modes}
   for mode in modes:
     fn = jax.jit(progs[mode])

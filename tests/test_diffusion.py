@@ -16,8 +16,9 @@ from safetensors.numpy import load_file
 
 from dream_jax.diffusion.gaussian import GaussianDiffusion, space_timesteps
 from dream_jax.models.diffloss import DiffLoss, sample_tokens
-from dream_jax.models.diffusion_head import (SimpleMLPAdaLN, head_params_from_torch,
-                                             timestep_embedding, timestep_frequencies)
+from dream_jax.models.diffusion_head import (SimpleMLPAdaLN, apply_with_cfg,
+                                             head_params_from_torch, timestep_embedding,
+                                             timestep_frequencies)
 from tests.helpers import FIXTURES
 
 REL = 1e-5
@@ -278,6 +279,35 @@ def test_sampling_loop(fx, head, head_params):
   c = loop(net_fn, (8, C), jax.random.key(1), 1.0, noise)
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
+
+
+def test_sampling_forms_equal_the_per_row_head(fx, head, head_params):
+  """The chain's shortcuts (cond_embed(z) once, one time embedding per step) change no value:
+  the head itself, and the whole guided and unguided chain against one that runs the plain
+  per-row head at every step."""
+  head_apply = functools.partial(head.apply, head_params)
+  x, z = fx["inputs"]["pmv_x"], _z(fx, "r050")
+  t = jnp.full((N,), 417, jnp.int32)
+  c = head_apply(None, None, z)
+  assert c.shape == (N, W)
+  np.testing.assert_allclose(head_apply(x, jnp.int32(417), c, z_embedded=True),
+                             head_apply(x, t, z), rtol=0, atol=1e-6)
+
+  gen = GaussianDiffusion.create("25")
+  zu = _z(fx, "r050", uncond=True)
+  for cfg, zz in ((None, z[:8]), (3.0, np.concatenate([z[:8], zu[:8]]))):
+    m = zz.shape[0]
+    init_key, loop_key = jax.random.split(jax.random.key(3))
+    if cfg is None:
+      noise = jax.random.normal(init_key, (m, C))
+      net_fn = lambda x, t, zz=zz: head_apply(x, t, zz)
+    else:
+      half = jax.random.normal(init_key, (m // 2, C))
+      noise = jnp.concatenate([half, half])
+      net_fn = lambda x, t, zz=zz: apply_with_cfg(head_apply, x, t, zz, 3.0, C)
+    ref = gen.p_sample_loop(net_fn, (m, C), loop_key, 1.0, noise=noise)
+    got = sample_tokens(head_apply, zz, jax.random.key(3), 1.0, cfg, gen, C)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
 
 
 def test_training_gradients(fx, train_diffusion, head, head_params):

@@ -179,8 +179,8 @@ class DreamModel:
     return jnp.exp(s)
 
   # ------------------------------------------------------------- diffusion
-  def diffusion_net(self, variables, x, t, z):
-    return self._apply(variables, x, t, z, method=DREAM.diffusion_net)
+  def diffusion_net(self, variables, x, t, z, z_embedded=False):
+    return self._apply(variables, x, t, z, z_embedded, method=DREAM.diffusion_net)
 
   def diffusion_loss(self, variables, z, target, weights, rng):
     """`DiffLoss.loss` with this model's head: (sum(weights * per-token loss), per_token

@@ -194,17 +194,25 @@ def sample_tokens(head_apply: HeadApply, z: Array, rng: Array,
   """
   m = z.shape[0]
   init_key, loop_key = jax.random.split(rng)
+  # Every step of the chain runs the head on the same z and on one timestep for all rows:
+  # cond_embed(z) is computed once here, and the time embedding on one row per step
+  # (same values; at the anchor shapes these Linears are ~15% of the head's work).
+  c = head_apply(None, None, z)
+
+  def head(x, t, c):
+    return head_apply(x, t[0], c, z_embedded=True)
+
   if cfg_scale is None:
     noise = jax.random.normal(init_key, (m, token_dim), jnp.float32)
 
     def net_fn(x, t):
-      return head_apply(x, t, z)
+      return head(x, t, c)
   else:
     half = jax.random.normal(init_key, (m // 2, token_dim), jnp.float32)
     noise = jnp.concatenate([half, half], axis=0)
 
     def net_fn(x, t):
-      return apply_with_cfg(head_apply, x, t, z, cfg_scale, token_dim)
+      return apply_with_cfg(head, x, t, c, cfg_scale, token_dim)
 
   return diffusion.p_sample_loop(net_fn, (m, token_dim), loop_key, temperature, noise=noise,
                                  clip_denoised=clip_denoised)

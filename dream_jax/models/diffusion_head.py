@@ -153,18 +153,28 @@ class SimpleMLPAdaLN(nn.Module):
     return self.out_channels or 2 * self.in_channels
 
   @nn.compact
-  def __call__(self, x: Array, t: Array, z: Array) -> Array:
-    """x: [N, C] float32 noisy tokens; t: [N] int32 ORIGINAL timesteps (0..999);
-    z: [N, Dz] condition. Returns [N, out_channels] float32."""
+  def __call__(self, x: Optional[Array], t: Optional[Array], z: Array, *,
+               z_embedded: bool = False) -> Array:
+    """x: [N, C] float32 noisy tokens; t: [N] int32 ORIGINAL timesteps (0..999), or one
+    timestep shared by every row (shape [] or [1]); z: [N, Dz] condition.
+
+    Returns [N, out_channels] float32. Two forms serve the sampling chain, which runs the
+    head on the same z for every diffusion step and on one timestep per step: with x=None
+    it returns only cond_embed(z) [N, W]; with z_embedded=True, z is that output and the
+    Linear is not rerun. A shared t has its time embedding computed on one row [1, W] and
+    broadcast. Every form computes the same values row for row.
+    """
+    c_emb = z if z_embedded else _dense(self.width, self.dtype, "cond_embed", self.precision)(z)
+    if x is None:
+      return c_emb
     normal02 = nn.initializers.normal(0.02)
     h = _dense(self.width, self.dtype, "input_proj", self.precision)(x)
-    t_freq = timestep_embedding(t, self.frequency_embedding_size)
+    t_freq = timestep_embedding(jnp.reshape(t, (-1,)), self.frequency_embedding_size)
     t_emb = _dense(self.width, self.dtype, "time_embed_0", self.precision,
                    kernel_init=normal02)(t_freq)
     t_emb = _dense(self.width, self.dtype, "time_embed_2", self.precision,
                    kernel_init=normal02)(nn.silu(t_emb))
-    c_emb = _dense(self.width, self.dtype, "cond_embed", self.precision)(z)
-    y = t_emb + c_emb
+    y = t_emb + c_emb                                           # [N or 1, W] + [N, W]
     for i in range(self.depth):
       h = ResBlock(self.width, self.dtype, self.precision, name=f"res_blocks_{i}")(h, y)
     out = FinalLayer(self.width, self._out_channels, self.dtype, self.precision,

@@ -328,10 +328,12 @@ class DREAM(nn.Module):
     return (x + self.diffusion_pos_embed.astype(x.dtype)).astype(jnp.float32)
 
   # ----------------------------------------------------------- diffusion head
-  def diffusion_net(self, x, t, z):
+  def diffusion_net(self, x, t, z, z_embedded=False):
     """Per-token head: x [N, token_dim], t [N] int32 (original timesteps), z [N, dec_width]
-    -> [N, 2*token_dim] float32 (eps | variance interpolation values)."""
-    return self.diffloss(x, t, z).astype(jnp.float32)
+    -> [N, 2*token_dim] float32 (eps | variance interpolation values). The sampling chain's
+    forms (x=None: the condition embedding only; a shared scalar t; z_embedded) are
+    `SimpleMLPAdaLN.__call__`'s."""
+    return self.diffloss(x, t, z, z_embedded=z_embedded).astype(jnp.float32)
 
   def readout_tokens(self, z):
     """Linear token readout (only with loss.w_token_regression): z [..., Ddec] ->
