@@ -40,10 +40,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dream_jax.utils import malloc  # noqa: E402
+from dream_jax.utils import malloc, xla_cpu  # noqa: E402
 
 if __name__ == "__main__":       # our side runs under the allocator main.py uses
   malloc.reexec_with_tuned_malloc()
+  xla_cpu.use_default_flags()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

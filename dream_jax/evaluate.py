@@ -150,4 +150,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+  from dream_jax.utils import xla_cpu
+  xla_cpu.use_default_flags()   # the numerics main.py trains with (before jax starts)
   main()

@@ -17,7 +17,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dream_jax.utils import console, malloc
+from dream_jax.utils import console, malloc, xla_cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
@@ -61,8 +61,10 @@ def run():
   """Console-script entry point. On Linux it first re-executes itself once under a caching
   malloc (jemalloc when installed, else glibc tunables; `DREAM_NO_MALLOC_TUNING=1` turns
   this off): XLA:CPU's per-step buffers otherwise cost a third of the CPU time in page
-  faults (dream_jax/utils/malloc.py)."""
+  faults (dream_jax/utils/malloc.py). XLA:CPU's defaults are then completed
+  (dream_jax/utils/xla_cpu.py: oneDNN matmuls)."""
   malloc.reexec_with_tuned_malloc()
+  xla_cpu.use_default_flags()
   app.run(main, flags_parser=console.parse_flags)
 
 

@@ -292,4 +292,6 @@ def main(argv: Optional[Sequence[str]] = None, *, loader: Optional[Callable] = N
 
 
 if __name__ == "__main__":
+  from dream_jax.utils import xla_cpu
+  xla_cpu.use_default_flags()   # the numerics main.py trains with (before jax starts)
   main(sys.argv[1:])

@@ -6,6 +6,10 @@ Both must be configured before jax is imported anywhere, which is why they live 
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# ... with the XLA:CPU options main.py runs with, so the parity tests check those numerics.
+from dream_jax.utils import xla_cpu  # noqa: E402
+
+xla_cpu.use_default_flags()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
