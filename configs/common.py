@@ -149,6 +149,10 @@ def base_config() -> ConfigDict:
   c.model.encoder_path = "drop"
   c.model.encoder_buckets = 4     # static lengths the visible count is rounded up to
   c.model.diffusion_buckets = 4   # static row counts for the head's counting tokens
+  # Static prefix lengths of the causal CLIP tower where only its pooled embedding is used:
+  # the prefix up to the batch's last end-of-text token, rounded up (5: 16, 31, 47, 62, 77).
+  # Not in the paper (its tower always runs 77 positions); same embedding and gradients.
+  c.model.text_buckets = 5
   # Rematerialisation of transformer blocks (jax.checkpoint policies): 'none' | 'dots' (keep
   # the Dense outputs, recompute norms/GELU/attention maps) | 'full' (keep only block inputs).
   # Older configs stored a bool: True = 'full', False = 'none'.

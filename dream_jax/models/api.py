@@ -48,10 +48,6 @@ from dream_jax.models.dream import DREAM, ModelSpec
 
 __all__ = ["DreamModel", "ImageEncoding", "bucket_sizes", "bucketed"]
 
-# Static prefix lengths of the CLIP tower for pooled-only calls (77 -> 16, 31, 47, 62, 77).
-TEXT_BUCKETS = 5
-
-
 class ImageEncoding(NamedTuple):
   hidden: jax.Array        # [B, S, D] position-indexed encoder outputs (0 where invalid)
   valid: jax.Array         # [B, S] bool: buffer + visible slots
@@ -64,18 +60,20 @@ class DreamModel:
 
   def __init__(self, spec: ModelSpec, diffloss: DiffLoss, *, encoder_path: str,
                encoder_buckets: int, mask_text_padding: bool,
-               logit_scale_max: Optional[float]):
+               logit_scale_max: Optional[float], text_buckets: int = 5):
     """spec: the network's static sizes; diffloss: the head's loss/sampling chains;
     encoder_path 'drop' | 'masked'; encoder_buckets: static visible-count sizes ('drop');
     mask_text_padding: decoder/aligner ignore padded text keys; logit_scale_max: clamp
-    (None: unclamped). Built from a run config by `train.components.build_model`."""
+    (None: unclamped); text_buckets: static prefix lengths of the CLIP tower for pooled-only
+    calls (5: 77 -> 16, 31, 47, 62, 77). Built from a run config by
+    `train.components.build_model`."""
     self.spec = spec
     self.module = DREAM(spec)
     self.diffloss = diffloss
     self.train_diffusion = diffloss.train_diffusion
     self.encoder_path = encoder_path
     self.encoder_sizes = bucket_sizes(spec.seq_len, encoder_buckets)
-    self.text_sizes = bucket_sizes(spec.text_ctx, TEXT_BUCKETS)
+    self.text_sizes = bucket_sizes(spec.text_ctx, text_buckets)
     self.mask_text_padding = mask_text_padding
     self.logit_scale_max = logit_scale_max
 
