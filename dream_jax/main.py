@@ -59,10 +59,10 @@ def main(argv):
 
 def run():
   """Console-script entry point. On Linux it first re-executes itself once under a caching
-  malloc (jemalloc when installed, else glibc tunables; `DREAM_NO_MALLOC_TUNING=1` turns
-  this off): XLA:CPU's per-step buffers otherwise cost a third of the CPU time in page
-  faults (dream_jax/utils/malloc.py). XLA:CPU's defaults are then completed
-  (dream_jax/utils/xla_cpu.py: oneDNN matmuls)."""
+  malloc (tcmalloc, else jemalloc, when installed; else glibc tunables;
+  `DREAM_NO_MALLOC_TUNING=1` turns this off): XLA:CPU's per-step buffers otherwise cost a
+  third of the CPU time in page faults (dream_jax/utils/malloc.py). XLA:CPU's defaults are
+  then completed (dream_jax/utils/xla_cpu.py: oneDNN matmuls)."""
   malloc.reexec_with_tuned_malloc()
   xla_cpu.use_default_flags()
   app.run(main, flags_parser=console.parse_flags)

@@ -48,6 +48,7 @@ from dream_jax.models.dream import DREAM, ModelSpec
 
 __all__ = ["DreamModel", "ImageEncoding", "bucket_sizes", "bucketed"]
 
+
 class ImageEncoding(NamedTuple):
   hidden: jax.Array        # [B, S, D] position-indexed encoder outputs (0 where invalid)
   valid: jax.Array         # [B, S] bool: buffer + visible slots
@@ -60,7 +61,7 @@ class DreamModel:
 
   def __init__(self, spec: ModelSpec, diffloss: DiffLoss, *, encoder_path: str,
                encoder_buckets: int, mask_text_padding: bool,
-               logit_scale_max: Optional[float], text_buckets: int = 5):
+               logit_scale_max: Optional[float], text_buckets: int):
     """spec: the network's static sizes; diffloss: the head's loss/sampling chains;
     encoder_path 'drop' | 'masked'; encoder_buckets: static visible-count sizes ('drop');
     mask_text_padding: decoder/aligner ignore padded text keys; logit_scale_max: clamp

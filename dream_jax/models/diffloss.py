@@ -29,7 +29,9 @@ from dream_jax.models import layers
 from dream_jax.models.diffusion_head import apply_with_cfg
 
 Array = jax.Array
-HeadApply = Callable[[Array, Array, Array], Array]
+# head_apply(x, t, z, z_embedded=False) -> [N, 2C]: `DreamModel.diffusion_net` with its
+# variables bound (the forms of `SimpleMLPAdaLN.__call__`: x=None returns cond_embed(z) only).
+HeadApply = Callable[..., Array]
 
 
 # ------------------------------------------------------------------------- buckets

@@ -70,7 +70,7 @@ def build_model(config) -> DreamModel:
   return DreamModel(spec, diffloss, encoder_path=m.encoder_path,
                     encoder_buckets=m.encoder_buckets, mask_text_padding=m.mask_text_padding,
                     logit_scale_max=m.logit_scale_max,
-                    text_buckets=m.get("text_buckets", 5))   # configs saved before the key: 5
+                    text_buckets=m.text_buckets)
 
 
 class Components:
