@@ -2,6 +2,7 @@
 
   python benchmarks/profile_breakdown.py --what=train --shapes=anchor [--steps=2]
   python benchmarks/profile_breakdown.py --what=plain --shapes=anchor
+  python benchmarks/profile_breakdown.py --what=plain --shapes=b16 --steps=1 --decode_steps=8
 
 Runs the benchmark's program (benchmarks/train_step.py or benchmarks/sampling.py) under
 `jax.profiler.trace`, reads the trace back (jax's ProfileData) and adds up the time of every
@@ -136,7 +137,17 @@ def main(argv=None):
   p.add_argument("--shapes", default="anchor", choices=("anchor", "b16", "demo"))
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--hlo_out", default="", help="also write the optimised HLO text here")
+  p.add_argument("--decode_steps", type=int, default=0,
+                 help="sampling only: decoding steps instead of the shapes' (a shorter B/16 decode)")
+  p.add_argument("--diffusion_steps", default="",
+                 help="sampling only: the head's respacing instead of the shapes' (e.g. 50)")
   a = p.parse_args(argv)
+  if a.what != "train" and (a.decode_steps or a.diffusion_steps):
+    from benchmarks import sampling
+    s = sampling.SHAPES[a.shapes]
+    s["steps"] = a.decode_steps or s["steps"]
+    s["diffusion"] = a.diffusion_steps or s["diffusion"]
+    s["t"] = min(s["t"], s["steps"])
   run, compiled = program(a.what, a.shapes)
   text = compiled.as_text()
   classes = classify_hlo(text)

@@ -124,6 +124,60 @@ def padding_report(dec) -> dict:
               head_rows_single_max=int(s.max_revealed * s.num_steps))
 
 
+def _block(s: int, d: int, mlp: int) -> int:
+  """Matmul FLOPs of one pre-norm self-attention block on s tokens (qkv, proj, MLP, QK^T, AV)."""
+  return 2 * s * d * (3 * d + d + 2 * mlp) + 4 * s * s * d
+
+
+def step_flops(dec, images: int, s: int) -> dict:
+  """Matmul FLOPs of decoding step s for `images` images, by part (as `MarDecoder.step`
+  runs it: buckets included, encoder once per image, decoder and head on 2 rows per image
+  under CFG, `num_diffusion_steps` head evaluations per step)."""
+  from dream_jax.sampling import schedule as sl
+  m, sch = dec.model.spec, dec.schedule
+  mlp, dmlp = m.mlp_dim, m.dec_mlp_dim
+  rows = 2 if dec.opts.guided else 1
+  buf, L, C = m.buffer_size, m.seq_len, m.token_dim
+  vis = int(sch.visible[s])
+  n_enc = L if dec.masked_path else int(sl.rounded_up(np.asarray([vis]), dec.enc_sizes)[0])
+  enc = 2 * L * C * m.width + m.depth * _block(buf + n_enc, m.width, mlp)
+  S, dd, lc = buf + L, m.dec_width, m.cond_len
+  cross = 2 * S * dd * dd * 2 + 2 * lc * dd * 2 * dd + 4 * S * lc * dd
+  dec_f = 2 * S * m.width * dd + m.dec_depth * (_block(S, dd, dmlp) + cross)
+  w = m.diff_width
+  per_eval = 2 * C * w + m.diff_depth * 2 * (3 * w * w + 2 * w * w) + 2 * (2 * w * w + w * 2 * C)
+  n_head = int(sl.rounded_up(np.asarray([int(sch.revealed[s])]), dec.head_sizes)[0])
+  n_diff = int(dec.model.diffloss.sample_diffusion(dec.opts.num_diffusion_steps).num_timesteps)
+  head = rows * n_head * (2 * dd * w + n_diff * per_eval)       # cond_embed once, then the chain
+  t_emb = n_diff * 2 * (256 * w + w * w)       # time embedding: one row per diffusion step
+  return dict(encoder=images * enc, decoder=images * rows * dec_f, head=images * head + t_emb)
+
+
+def analytic_flops(dec, mode: str, prompts: int, k: int, t: int) -> dict:
+  """Matmul FLOPs of one decode of `mode` (plain | sad | best_of_k), by part and 'total'.
+  The text side (aligner, CLIP tower, SAD's projection MLP) is a few prompts' worth and
+  left out; SAD's scoring encoder pass and best-of-K's full-image rerank are counted."""
+  n = dec.opts.num_steps
+  m = dec.model.spec
+  mlp = m.mlp_dim
+  if mode == "plain":
+    parts = [step_flops(dec, prompts, s) for s in range(n)]
+  elif mode == "sad":
+    parts = [step_flops(dec, prompts * k, s) for s in range(t)]
+    parts += [step_flops(dec, prompts, s) for s in range(t, n)]
+    vis = int(dec.schedule.seq_len - dec.schedule.masked_after[t - 1])
+    parts.append(dict(encoder=prompts * k * m.depth * _block(m.buffer_size + vis, m.width, mlp)))
+  elif mode == "best_of_k":
+    parts = [step_flops(dec, prompts * k, s) for s in range(n)]
+    parts.append(dict(encoder=prompts * k * m.depth * _block(m.buffer_size + m.seq_len,
+                                                             m.width, mlp)))
+  else:
+    raise ValueError(f"unknown mode {mode!r}")
+  out = {key: float(sum(p.get(key, 0) for p in parts)) for key in ("encoder", "decoder", "head")}
+  out["total"] = sum(out.values())
+  return out
+
+
 def setup(shapes: str, enc_b=None, head_b=None):
   """Builds the random-weight model and the sampler's programs at `shapes`.
 
@@ -157,7 +211,10 @@ def setup(shapes: str, enc_b=None, head_b=None):
   args = (variables, {}, batch, uncond, jax.random.key(1), jnp.float32(1.0), jnp.float32(3.0))
   info = dict(shapes=shapes, images=s["prompts"], steps=s["steps"],
               diffusion_steps=s["diffusion"], K=s["k"], T=s["t"], init_s=round(t_init, 2),
-              devices=str(jax.devices()[0].device_kind), padding=padding_report(dec))
+              devices=str(jax.devices()[0].device_kind), padding=padding_report(dec),
+              gflop={mode: {part: round(v / 1e9, 2) for part, v in
+                            analytic_flops(dec, mode, s["prompts"], s["k"], s["t"]).items()}
+                     for mode in progs})
   return progs, args, info
 
 
@@ -223,6 +280,7 @@ def bench(shapes: str, modes, rounds: int, reps: int, enc_b=None, head_b=None, o
   if proc:
     out["official_ready"] = proc.ready
   print(f"[{shapes}] {timing.load_line()}", flush=True)
+  floor_report(out, modes, shapes)
   if "sad" in out and "plain" in out:
     k, t, n = s["k"], s["t"], s["steps"]
     out["sad_vs_plain"] = round(out["sad"]["run_s"] / out["plain"]["run_s"], 3)
@@ -232,6 +290,32 @@ def bench(shapes: str, modes, rounds: int, reps: int, enc_b=None, head_b=None, o
       out["sad_vs_best_of_k_analytic"] = round(sad.sad_cost(k, t, n), 3)
       out["best_of_k_vs_plain"] = round(out["best_of_k"]["run_s"] / out["plain"]["run_s"], 3)
   return out
+
+
+def floor_report(out: dict, modes, shapes: str) -> None:
+  """Prints (and records in `out`) each mode's matmul FLOPs, the rate achieved, and the
+  GEMM floor: those FLOPs at the best matmul rate this machine reaches, measured now
+  (benchmarks/gemm_rate.py), against the official median when it ran in this run."""
+  from benchmarks import gemm_rate
+  peak, _ = gemm_rate.peak_gflops()
+  out["gemm_peak_gflops"] = round(peak, 1)
+  for mode in modes:
+    g = out["gflop"][mode]
+    floor = g["total"] / peak
+    line = (f"[{shapes}] {mode}: {g['total']:.1f} GFLOP of matmuls (encoder {g['encoder']:.1f}, "
+            f"decoder {g['decoder']:.1f}, head {g['head']:.1f}), achieved "
+            f"{g['total'] / out[mode]['run_s']:.1f} GFLOP/s; GEMM floor at this machine's "
+            f"measured peak {peak:.1f} GFLOP/s: {floor:.3f} s")
+    out[mode]["gemm_floor_s"] = round(floor, 3)
+    if out[mode].get("official"):
+      r = floor / out[mode]["official"]["median"]
+      out[mode]["gemm_floor_vs_official"] = round(r, 3)
+      line += f" = {r:.3f}x the official median"
+    print(line, flush=True)
+  if "sad" in modes and "plain" in modes:
+    r = out["gflop"]["sad"]["total"] / out["gflop"]["plain"]["total"]
+    out["sad_vs_plain_flops"] = round(r, 3)
+    print(f"[{shapes}] SAD / plain matmul FLOPs: {r:.3f}x", flush=True)
 
 
 def main(argv=None):

@@ -184,6 +184,21 @@ def report(info: dict, ours: dict, official: dict | None) -> str:
       f"[{s}] ours {info['usage'].line(ours['n'])}; {timing.load_line()}"])
 
 
+def floor_line(info: dict, official: dict | None) -> tuple[float, float]:
+  """Prints the GEMM floor: the analytic matmul FLOPs at the best matmul rate this machine
+  reaches, measured now (benchmarks/gemm_rate.py), against the official median when it ran
+  in this run. Returns (peak GFLOP/s, floor seconds)."""
+  from benchmarks import gemm_rate
+  peak, _ = gemm_rate.peak_gflops()
+  floor = info["analytic_gflop"] / peak
+  line = (f"[{info['shapes']}] GEMM floor: {info['analytic_gflop']:.1f} GFLOP at this "
+          f"machine's measured matmul peak {peak:.1f} GFLOP/s = {floor:.3f} s")
+  if official:
+    line += f" = {floor / official['median']:.3f}x the official median"
+  print(line, flush=True)
+  return round(peak, 1), round(floor, 3)
+
+
 def bench(shapes: str, rounds: int, reps: int, rng_impl=None, official=None,
           official_pythonpath="") -> dict:
   """Times our step (and the official one when `official` is a path) alternately."""
@@ -203,6 +218,7 @@ def bench(shapes: str, rounds: int, reps: int, rng_impl=None, official=None,
   print(report(info, ours, off), flush=True)
   print(f"[{shapes}] " + timing.cpu_line(info["cpu"], proc.cpu["train"] if proc else []),
         flush=True)
+  info["gemm_peak_gflops"], info["gemm_floor_s"] = floor_line(info, off)
   info["usage"] = info["usage"].as_dict()
   info.pop("compiled")
   return dict(info, ours=ours, official=off, times=times,
