@@ -124,9 +124,16 @@ def padding_report(dec) -> dict:
               head_rows_single_max=int(s.max_revealed * s.num_steps))
 
 
-def _block(s: int, d: int, mlp: int) -> int:
-  """Matmul FLOPs of one pre-norm self-attention block on s tokens (qkv, proj, MLP, QK^T, AV)."""
-  return 2 * s * d * (3 * d + d + 2 * mlp) + 4 * s * s * d
+def encoder_flops(dec, visible: int) -> int:
+  """Matmul FLOPs of one image's encoder pass with `visible` decoded tokens, as
+  `MarDecoder.encode` runs it: z_proj on all L tokens, then the blocks on buffer + the
+  visible count rounded up to its bucket (all L on the 'masked' path)."""
+  from dream_jax.sampling import schedule as sl
+  from dream_jax.tools.aot import block_flops
+  m = dec.model.spec
+  n = m.seq_len if dec.masked_path else int(sl.rounded_up(np.asarray([visible]), dec.enc_sizes)[0])
+  return 2 * m.seq_len * m.token_dim * m.width + m.depth * block_flops(
+      m.buffer_size + n, m.width, m.mlp_dim)
 
 
 def step_flops(dec, images: int, s: int) -> dict:
@@ -134,43 +141,38 @@ def step_flops(dec, images: int, s: int) -> dict:
   runs it: buckets included, encoder once per image, decoder and head on 2 rows per image
   under CFG, `num_diffusion_steps` head evaluations per step)."""
   from dream_jax.sampling import schedule as sl
+  from dream_jax.tools.aot import block_flops
   m, sch = dec.model.spec, dec.schedule
-  mlp, dmlp = m.mlp_dim, m.dec_mlp_dim
   rows = 2 if dec.opts.guided else 1
-  buf, L, C = m.buffer_size, m.seq_len, m.token_dim
-  vis = int(sch.visible[s])
-  n_enc = L if dec.masked_path else int(sl.rounded_up(np.asarray([vis]), dec.enc_sizes)[0])
-  enc = 2 * L * C * m.width + m.depth * _block(buf + n_enc, m.width, mlp)
-  S, dd, lc = buf + L, m.dec_width, m.cond_len
-  cross = 2 * S * dd * dd * 2 + 2 * lc * dd * 2 * dd + 4 * S * lc * dd
-  dec_f = 2 * S * m.width * dd + m.dec_depth * (_block(S, dd, dmlp) + cross)
+  L, C = m.seq_len, m.token_dim
+  S, dd = m.buffer_size + L, m.dec_width
+  dec_f = 2 * S * m.width * dd + m.dec_depth * block_flops(S, dd, m.dec_mlp_dim, ctx=m.cond_len,
+                                                           ctx_width=dd)
   w = m.diff_width
   per_eval = 2 * C * w + m.diff_depth * 2 * (3 * w * w + 2 * w * w) + 2 * (2 * w * w + w * 2 * C)
   n_head = int(sl.rounded_up(np.asarray([int(sch.revealed[s])]), dec.head_sizes)[0])
   n_diff = int(dec.model.diffloss.sample_diffusion(dec.opts.num_diffusion_steps).num_timesteps)
   head = rows * n_head * (2 * dd * w + n_diff * per_eval)       # cond_embed once, then the chain
   t_emb = n_diff * 2 * (256 * w + w * w)       # time embedding: one row per diffusion step
-  return dict(encoder=images * enc, decoder=images * rows * dec_f, head=images * head + t_emb)
+  return dict(encoder=images * encoder_flops(dec, int(sch.visible[s])),
+              decoder=images * rows * dec_f, head=images * head + t_emb)
 
 
 def analytic_flops(dec, mode: str, prompts: int, k: int, t: int) -> dict:
   """Matmul FLOPs of one decode of `mode` (plain | sad | best_of_k), by part and 'total'.
   The text side (aligner, CLIP tower, SAD's projection MLP) is a few prompts' worth and
   left out; SAD's scoring encoder pass and best-of-K's full-image rerank are counted."""
-  n = dec.opts.num_steps
-  m = dec.model.spec
-  mlp = m.mlp_dim
+  n, sch = dec.opts.num_steps, dec.schedule
   if mode == "plain":
     parts = [step_flops(dec, prompts, s) for s in range(n)]
   elif mode == "sad":
     parts = [step_flops(dec, prompts * k, s) for s in range(t)]
     parts += [step_flops(dec, prompts, s) for s in range(t, n)]
-    vis = int(dec.schedule.seq_len - dec.schedule.masked_after[t - 1])
-    parts.append(dict(encoder=prompts * k * m.depth * _block(m.buffer_size + vis, m.width, mlp)))
+    scored = int(sch.seq_len - sch.masked_after[t - 1])       # decoded when scored
+    parts.append(dict(encoder=prompts * k * encoder_flops(dec, scored)))
   elif mode == "best_of_k":
     parts = [step_flops(dec, prompts * k, s) for s in range(n)]
-    parts.append(dict(encoder=prompts * k * m.depth * _block(m.buffer_size + m.seq_len,
-                                                             m.width, mlp)))
+    parts.append(dict(encoder=prompts * k * encoder_flops(dec, sch.seq_len)))
   else:
     raise ValueError(f"unknown mode {mode!r}")
   out = {key: float(sum(p.get(key, 0) for p in parts)) for key in ("encoder", "decoder", "head")}

@@ -84,17 +84,10 @@ def synthetic_batch(config, rng: np.random.Generator) -> dict:
   return batch
 
 
-def _layer(tokens, width, mlp, ctx=0, ctx_width=0):
-  """Forward FLOPs of one pre-norm block on `tokens` rows (+ cross-attention to ctx rows)."""
-  f = 2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * tokens * width
-  if ctx:
-    f += 2 * tokens * 2 * width * width + 2 * ctx * 2 * ctx_width * width + 4 * tokens * ctx * width
-  return f
-
-
 def analytic_flops(config) -> float:
   """Forward+backward FLOPs (3 x forward matmuls) of one step at the configured fixed ratio."""
   from dream_jax.models.patchify import token_layout
+  from dream_jax.tools.aot import block_flops
   m, t, d = config.model, config.text, token_layout(config.tokenizer, config.data.image_size)
   b, l, c = config.batch_size, d["seq_len"], d["token_dim"]
   r = config.masking.fixed_ratio if config.masking.kind == "fixed" else 0.5
@@ -106,13 +99,13 @@ def analytic_flops(config) -> float:
   lc = t.cond_len if t.cond_encoder in ("t5", "minilm") else t.context_length
   dc = t.cond_dim if t.cond_encoder in ("t5", "minilm") else t.width
   f = 2 * l * c * m.width                                          # token embedding
-  f += m.depth * _layer(t_enc, m.width, mlp)                       # encoder
+  f += m.depth * block_flops(t_enc, m.width, mlp)                       # encoder
   f += 2 * (m.width * m.proj_hidden + m.proj_hidden ** 2 + m.proj_hidden * m.embed_dim)
-  f += t.layers * _layer(t.context_length, t.width, int(t.width * t.mlp_ratio))
+  f += t.layers * block_flops(t.context_length, t.width, int(t.width * t.mlp_ratio))
   f += 2 * t.width * m.embed_dim                                   # text projection
-  f += 2 * lc * dc * m.dec_width + m.aligner_depth * _layer(lc, m.dec_width, dmlp)
+  f += 2 * lc * dc * m.dec_width + m.aligner_depth * block_flops(lc, m.dec_width, dmlp)
   f += 2 * t_enc * m.width * m.dec_width                           # encoder -> decoder
-  f += m.dec_depth * _layer(t_dec, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width)
+  f += m.dec_depth * block_flops(t_dec, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width)
   w = m.diff_width
   rows = masked * m.diffusion_batch_mul
   head = 2 * (c * w + m.dec_width * w + w * w) + m.diff_depth * 2 * (3 * w * w + 2 * w * w)

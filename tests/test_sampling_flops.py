@@ -20,9 +20,9 @@ def dot_flops(jaxpr) -> float:
   total = 0.0
   for eqn in jaxpr.eqns:
     if eqn.primitive.name == "dot_general":
-      (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
-      a, b = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-      contract = np.prod([a[i] for i in lc])
+      (lc, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      contract = np.prod([lhs[i] for i in lc])
       out = np.prod(eqn.outvars[0].aval.shape)
       total += 2.0 * out * contract
       continue

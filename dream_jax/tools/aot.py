@@ -63,7 +63,7 @@ def topology_devices(name: str, chip_config: str = "megacore",
 
 
 # ---------------------------------------------------------------------------- FLOPs
-def _block(tokens, width, mlp, ctx=0, ctx_width=0, part="all"):
+def block_flops(tokens, width, mlp, ctx=0, ctx_width=0, part="all"):
   """Forward matmul FLOPs of one pre-norm block on `tokens` rows (+ cross-attn to ctx).
 
   part: 'all', or 'attention' (only the batched q.k / p.v products: what the 'dots' remat
@@ -91,10 +91,10 @@ def _forward_per_sample(config, enc_tokens: int, head_rows: float, part: str = "
   s = m.buffer_size + l
   lc = t.cond_len if t.cond_encoder in ("t5", "minilm") else t.context_length
   dc = t.cond_dim if t.cond_encoder in ("t5", "minilm") else t.width
-  blocks = m.depth * _block(m.buffer_size + enc_tokens, m.width, mlp, part=part)
-  blocks += t.layers * _block(t.context_length, t.width, int(t.width * t.mlp_ratio), part=part)
-  blocks += m.aligner_depth * _block(lc, m.dec_width, dmlp, part=part)
-  blocks += m.dec_depth * _block(s, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width,
+  blocks = m.depth * block_flops(m.buffer_size + enc_tokens, m.width, mlp, part=part)
+  blocks += t.layers * block_flops(t.context_length, t.width, int(t.width * t.mlp_ratio), part=part)
+  blocks += m.aligner_depth * block_flops(lc, m.dec_width, dmlp, part=part)
+  blocks += m.dec_depth * block_flops(s, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width,
                                  part=part)
   f = 2 * l * c * m.width                                       # z_proj (all tokens)
   ph = m.proj_hidden
