@@ -21,12 +21,14 @@ Areas (one `ConfigDict` each):
 
 Non-paper options (small runs such as configs/demo.py; every one is off / neutral in the
 paper configs, so the published recipe is unchanged; each key stays in its area):
-  model.diffusion_prediction / diffusion_loss_space   'x0' + 'v'|'x0' instead of eps / eps
+  model.diffusion_prediction / diffusion_loss_space   'x0' + 'v'|'x0', or 'v' + 'v' (the
+                                 head predicts the velocity), instead of eps / eps
   model.logit_scale_max          clamp of the CLIP logit scale (None: unclamped, paper)
   model.mask_text_padding        decoder / aligner ignore padded text keys (paper: attend)
   tokenizer.pixel_shift / pixel_scale   centring of identity pixel tokens (0 / 1)
   tokenizer.kind='autoencoder'   a small tokenizer fitted to the run's data (ae_*: PCA or a
                                  tiny KL-VAE; pretrained/autoencoder.py) instead of the SD-VAE
+  tokenizer.ae_token_scale       factor on its measured unit-variance scale (1: unit variance)
   loss.w_token_regression        linear z -> token readout MSE weight (0: off, no params)
   optim.head_lr_mult             learning-rate multiplier of the diffusion head (1)
   optim.decay_logit_scale / decay_embeddings   weight-decay exemptions (paper: decayed)
@@ -142,7 +144,7 @@ def base_config() -> ConfigDict:
   c.model.noise_schedule = "cosine"
   # What the head predicts and where its MSE is taken (diffusion/gaussian.py): the paper / MAR
   # predict eps with an eps MSE. 'x0' + 'v' is an option for small pixel-token runs (README).
-  c.model.diffusion_prediction = "eps"     # 'eps' (paper) | 'x0'
+  c.model.diffusion_prediction = "eps"     # 'eps' (paper) | 'x0' | 'v'
   c.model.diffusion_loss_space = "eps"     # 'eps' (paper) | 'v' | 'x0'
   # Encoder path: 'drop' = MAE token dropping with bucketed visible count (less compute),
   # 'masked' = full length with an attention mask. Same results on the same visible set.
@@ -194,6 +196,7 @@ def base_config() -> ConfigDict:
   c.tokenizer.ae_lr = 2e-3
   c.tokenizer.ae_kl_weight = 1e-4
   c.tokenizer.ae_train_size = 8192
+  c.tokenizer.ae_token_scale = 1.0   # x the measured unit-variance scale (applied, not fitted)
   c.tokenizer.path = ""            # trained tokenizer directory ('' = the cache, keyed by hash)
   c.tokenizer.cache_dir = ""       # '' = ~/.cache/dream_jax
   c.tokenizer.dtype = "float32"

@@ -192,7 +192,7 @@ def _model(k: _Checker, c) -> None:
   k.number("model.logit_scale_max", m.logit_scale_init, none_ok=True)
   k.boolean("model.mask_text_padding")
   k.one_of("model.noise_schedule", ("cosine", "linear"))
-  k.one_of("model.diffusion_prediction", ("eps", "x0"))
+  k.one_of("model.diffusion_prediction", ("eps", "x0", "v"))
   k.one_of("model.diffusion_loss_space", ("eps", "v", "x0"))
   k.one_of("model.encoder_path", ("drop", "masked"))
   # Older configs stored a bool (True = 'full', False = 'none'); both still load.
@@ -252,6 +252,7 @@ def _autoencoder(k: _Checker, c) -> None:
     k.integer(f"tokenizer.{name}", 1)
   k.number("tokenizer.ae_lr", 0.0, lo_open=True)
   k.number("tokenizer.ae_kl_weight", 0.0)
+  k.number("tokenizer.ae_token_scale", 0.0, lo_open=True)
   k.string("tokenizer.path")
   k.string("tokenizer.cache_dir")
   if t.kind == "autoencoder":

@@ -56,6 +56,22 @@ def test_normalisation_is_measured_on_training_images(tmp_path):
   assert abs(tokens.std() - 1.0) < 1e-3                # one scale for all channels
 
 
+def test_token_scale_multiplies_the_measured_scale_and_keeps_the_round_trip(tmp_path):
+  c = _config(tmp_path)
+  tokenizer.ensure(c, log=lambda *_: None)
+  small = _config(tmp_path, ae_token_scale=0.25)
+  # A use-time factor: the same fitted directory serves both (not part of the cache key).
+  assert autoencoder.resolve_path(small) == autoencoder.resolve_path(c)
+  images, _ = tokenizer.render_images(c, 32, heldout=True)
+  unit, quarter = ImageTokens(c), ImageTokens(small)
+  frozen = unit.init_frozen()
+  t1 = np.asarray(unit.to_tokens(frozen, {"image": images}, jax.random.key(0), sample=False))
+  tq = np.asarray(quarter.to_tokens(frozen, {"image": images}, jax.random.key(0), sample=False))
+  np.testing.assert_allclose(tq, 0.25 * t1, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(quarter.from_tokens(frozen, tq)),
+                             np.asarray(unit.from_tokens(frozen, t1)), atol=1e-5)
+
+
 def test_cache_reuse_and_settings_key(tmp_path, monkeypatch):
   c = _config(tmp_path)
   first = tokenizer.ensure(c, log=lambda *_: None)

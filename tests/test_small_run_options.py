@@ -68,9 +68,27 @@ def test_x0_prediction_reads_the_head_output_as_the_clean_token():
   assert not np.allclose(e.predict_xstart(out[:, :6], x_t, t), out[:, :6])
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_v_prediction_reads_the_head_output_as_velocity(schedule):
+  x0, noise, t, out = _draw(c=6)
+  d = GaussianDiffusion.create("", schedule, prediction="v", loss_space="v")
+  x_t = d.q_sample(x0, t, noise)
+  # Independently: x_t = a x0 + s eps with a^2 + s^2 = 1, v = a eps - s x0, so x0 = a x_t - s v.
+  a = jnp.sqrt(jnp.asarray(d.alphas_cumprod, jnp.float32)[t])[:, None]
+  s = jnp.sqrt(1.0 - jnp.asarray(d.alphas_cumprod, jnp.float32)[t])[:, None]
+  v_true = a * noise - s * x0
+  np.testing.assert_allclose(d.predict_xstart(v_true, x_t, t), x0, atol=2e-5)
+  # The v-space loss of any output is its squared velocity error.
+  got = d.training_losses(out, x0, x_t, t, noise)["mse"]
+  want = jnp.mean(jnp.square(out[:, :6] - v_true), axis=-1)
+  np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5)
+  perfect = jnp.concatenate([v_true, out[:, 6:]], axis=-1)
+  assert float(jnp.max(d.training_losses(perfect, x0, x_t, t, noise)["mse"])) < 1e-8
+
+
 def test_diffusion_option_names_are_checked():
   with pytest.raises(ValueError, match="prediction"):
-    GaussianDiffusion.create("", prediction="v")
+    GaussianDiffusion.create("", prediction="velocity")
   with pytest.raises(ValueError, match="loss space"):
     GaussianDiffusion.create("", loss_space="l1")
   c = common.base_config()

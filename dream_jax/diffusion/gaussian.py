@@ -26,6 +26,11 @@ What this implements, and the details that decide parity with the reference:
   is the whole signal; x0 prediction with the v loss ("Back to Basics", Li & He 2025) gives it
   weight 1. Measured on the CPU demo (README, "Options for small pixel-token runs"): z
   becomes more informative, but after 300 steps the samples are noisier than with eps.
+  `prediction='v'` reads them as the velocity v (Salimans & Ho 2022), x0 = sqrt(abar) x_t -
+  sqrt(1 - abar) v; with `loss_space='v'` the MSE is on v itself. At high noise the head then
+  regresses -x0 from z, at low noise it predicts ~eps, and the predicted x0 stays bounded at
+  the first sampling steps, where eps prediction divides its error by sqrt(abar) ~ 5e-5
+  (docs/history/2026-12-02-paper-loss-generation.md).
 * A respaced chain (e.g. 50 or 100 of 1000 steps) keeps the original timesteps in
   `timestep_map`; the network must be called with `timestep_map[t]`, never with the respaced
   index t. Sampling clips the predicted x0 only when asked (`clip_denoised`; never in the
@@ -184,7 +189,7 @@ class GaussianDiffusion:
   posterior_mean_coef1: np.ndarray
   posterior_mean_coef2: np.ndarray
   log_betas: np.ndarray
-  prediction: str = "eps"     # what channels 0..C-1 of the head output are: 'eps' | 'x0'
+  prediction: str = "eps"     # what channels 0..C-1 of the head output are: 'eps' | 'x0' | 'v'
   loss_space: str = "eps"     # where the MSE is taken: 'eps' (reference) | 'v' | 'x0'
 
   # ---- construction ------------------------------------------------------------------------
@@ -194,8 +199,8 @@ class GaussianDiffusion:
                  original_num_steps: int | None = None, *, prediction: str = "eps",
                  loss_space: str = "eps") -> "GaussianDiffusion":
     """Derives all tables from float64 betas, with the reference's formulas."""
-    if prediction not in ("eps", "x0"):
-      raise ValueError(f"diffusion prediction must be 'eps' or 'x0', got {prediction!r}")
+    if prediction not in ("eps", "x0", "v"):
+      raise ValueError(f"diffusion prediction must be 'eps', 'x0' or 'v', got {prediction!r}")
     if loss_space not in ("eps", "v", "x0"):
       raise ValueError(f"diffusion loss space must be 'eps', 'v' or 'x0', got {loss_space!r}")
     betas = np.asarray(betas, dtype=np.float64)
@@ -328,6 +333,9 @@ class GaussianDiffusion:
     """The clean-token estimate [N, C] from the head's first C channels `out` [N, C]."""
     if self.prediction == "x0":
       return out
+    if self.prediction == "v":    # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho)
+      return (self._coef(self.sqrt_alphas_cumprod, t) * x_t
+              - self._coef(self.sqrt_one_minus_alphas_cumprod, t) * out)
     return (self._coef(self.sqrt_recip_alphas_cumprod, t) * x_t
             - self._coef(self.sqrt_recipm1_alphas_cumprod, t) * out)
 

@@ -6,7 +6,10 @@ Both models see the image space-to-depth by q = `tokenizer.ae_patch` (q x q pixe
 channels, DC-AE's space-to-channel stem) and give latents [B,S/s,S/s,c], c =
 `tokenizer.latent_channels`, which are then normalised by a MEASURED per-channel shift and
 one scale (like SD's scaling factor, plus centring), so the DREAM tokens have zero mean and
-unit variance over the training images:
+unit variance over the training images (times `tokenizer.ae_token_scale`, 1 by default, a
+use-time factor outside the cache key: on the shapes data, 93% black, unit variance puts the
+foreground tokens ~15 noise units from the background, so the diffusion head can tell them
+apart from x_t alone at all but the noisiest steps):
 
   'pca'     (`tokenizer.ae_model`, the demo's) the linear autoencoder in closed form: the top
             c principal directions of the q x q x 3 patches (stride s = q). It is the optimum
@@ -179,6 +182,7 @@ class ImageAutoencoder:
     self.q = int(tok_cfg.ae_patch)
     self.channels = int(tok_cfg.latent_channels)
     self.sample_posterior = bool(tok_cfg.sample_posterior)
+    self.token_scale = float(tok_cfg.ae_token_scale)
     if self.model == "kl_vae":
       self.arch = arch_of(tok_cfg)
       self.module = vae.AutoencoderKL(self.arch, jnp.dtype(tok_cfg.dtype))
@@ -208,10 +212,11 @@ class ImageAutoencoder:
   def latents(self, frozen, images, rng, sample: bool):
     """Normalised latents [B,h,w,c] (a posterior sample in training, as the paper's VAE)."""
     z = self.raw_latents(frozen["params"], images, rng, sample)
-    return (z - frozen["shift"]) * frozen["scale"]
+    return (z - frozen["shift"]) * (frozen["scale"] * self.token_scale)
 
   def decode_latents(self, frozen, latents):
-    return self.raw_decode(frozen["params"], latents / frozen["scale"] + frozen["shift"])
+    return self.raw_decode(frozen["params"],
+                           latents / (frozen["scale"] * self.token_scale) + frozen["shift"])
 
 
 def encode(module, params, images, q: int):
