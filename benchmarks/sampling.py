@@ -141,7 +141,7 @@ def step_flops(dec, images: int, s: int) -> dict:
   runs it: buckets included, encoder once per image, decoder and head on 2 rows per image
   under CFG, `num_diffusion_steps` head evaluations per step)."""
   from dream_jax.sampling import schedule as sl
-  from dream_jax.tools.aot import block_flops
+  from dream_jax.tools.aot import block_flops, head_eval_flops
   m, sch = dec.model.spec, dec.schedule
   rows = 2 if dec.opts.guided else 1
   L, C = m.seq_len, m.token_dim
@@ -149,7 +149,7 @@ def step_flops(dec, images: int, s: int) -> dict:
   dec_f = 2 * S * m.width * dd + m.dec_depth * block_flops(S, dd, m.dec_mlp_dim, ctx=m.cond_len,
                                                            ctx_width=dd)
   w = m.diff_width
-  per_eval = 2 * C * w + m.diff_depth * 2 * (3 * w * w + 2 * w * w) + 2 * (2 * w * w + w * 2 * C)
+  per_eval = head_eval_flops(C, w, m.diff_depth)
   n_head = int(sl.rounded_up(np.asarray([int(sch.revealed[s])]), dec.head_sizes)[0])
   n_diff = int(dec.model.diffloss.sample_diffusion(dec.opts.num_diffusion_steps).num_timesteps)
   head = rows * n_head * (2 * dd * w + n_diff * per_eval)       # cond_embed once, then the chain

@@ -87,7 +87,7 @@ def synthetic_batch(config, rng: np.random.Generator) -> dict:
 def analytic_flops(config) -> float:
   """Forward+backward FLOPs (3 x forward matmuls) of one step at the configured fixed ratio."""
   from dream_jax.models.patchify import token_layout
-  from dream_jax.tools.aot import block_flops
+  from dream_jax.tools.aot import block_flops, head_eval_flops
   m, t, d = config.model, config.text, token_layout(config.tokenizer, config.data.image_size)
   b, l, c = config.batch_size, d["seq_len"], d["token_dim"]
   r = config.masking.fixed_ratio if config.masking.kind == "fixed" else 0.5
@@ -99,7 +99,7 @@ def analytic_flops(config) -> float:
   lc = t.cond_len if t.cond_encoder in ("t5", "minilm") else t.context_length
   dc = t.cond_dim if t.cond_encoder in ("t5", "minilm") else t.width
   f = 2 * l * c * m.width                                          # token embedding
-  f += m.depth * block_flops(t_enc, m.width, mlp)                       # encoder
+  f += m.depth * block_flops(t_enc, m.width, mlp)                  # encoder
   f += 2 * (m.width * m.proj_hidden + m.proj_hidden ** 2 + m.proj_hidden * m.embed_dim)
   f += t.layers * block_flops(t.context_length, t.width, int(t.width * t.mlp_ratio))
   f += 2 * t.width * m.embed_dim                                   # text projection
@@ -108,8 +108,7 @@ def analytic_flops(config) -> float:
   f += m.dec_depth * block_flops(t_dec, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width)
   w = m.diff_width
   rows = masked * m.diffusion_batch_mul
-  head = 2 * (c * w + m.dec_width * w + w * w) + m.diff_depth * 2 * (3 * w * w + 2 * w * w)
-  head += 2 * (2 * w * w + w * 2 * c)
+  head = head_eval_flops(c, w, m.diff_depth) + 2 * (m.dec_width * w + w * w)
   f += rows * head
   return 3.0 * b * f
 

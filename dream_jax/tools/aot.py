@@ -80,6 +80,14 @@ def block_flops(tokens, width, mlp, ctx=0, ctx_width=0, part="all"):
   return f + attn
 
 
+def head_eval_flops(token_dim, width, depth):
+  """Forward matmul FLOPs of one diffusion-head evaluation of one row, without its condition
+  and time embeddings (which callers count per row or per diffusion step)."""
+  f = 2 * token_dim * width                                   # input projection
+  f += depth * 2 * (3 * width * width + 2 * width * width)    # adaLN + MLP per block
+  return f + 2 * (2 * width * width + width * 2 * token_dim)  # final adaLN + output
+
+
 def _forward_per_sample(config, enc_tokens: int, head_rows: float, part: str = "all"):
   """(block-stack FLOPs, other FLOPs) of one sample's forward; the block stacks (encoder,
   CLIP text tower, aligner, decoder) are what `model.remat` recomputes."""
@@ -92,10 +100,11 @@ def _forward_per_sample(config, enc_tokens: int, head_rows: float, part: str = "
   lc = t.cond_len if t.cond_encoder in ("t5", "minilm") else t.context_length
   dc = t.cond_dim if t.cond_encoder in ("t5", "minilm") else t.width
   blocks = m.depth * block_flops(m.buffer_size + enc_tokens, m.width, mlp, part=part)
-  blocks += t.layers * block_flops(t.context_length, t.width, int(t.width * t.mlp_ratio), part=part)
+  blocks += t.layers * block_flops(t.context_length, t.width, int(t.width * t.mlp_ratio),
+                                   part=part)
   blocks += m.aligner_depth * block_flops(lc, m.dec_width, dmlp, part=part)
   blocks += m.dec_depth * block_flops(s, m.dec_width, dmlp, ctx=lc, ctx_width=m.dec_width,
-                                 part=part)
+                                      part=part)
   f = 2 * l * c * m.width                                       # z_proj (all tokens)
   ph = m.proj_hidden
   f += 2 * (m.width * ph + ph * ph + ph * m.embed_dim)          # projection MLP
@@ -103,9 +112,8 @@ def _forward_per_sample(config, enc_tokens: int, head_rows: float, part: str = "
   f += 2 * lc * dc * m.dec_width                                # aligner input projection
   f += 2 * s * m.width * m.dec_width                            # decoder_embed
   w = m.diff_width
-  head = 2 * (c * w + 256 * w + w * w + m.dec_width * w)        # input, time, cond embeds
-  head += m.diff_depth * 2 * (3 * w * w + 2 * w * w)            # adaLN + MLP per block
-  head += 2 * (2 * w * w + w * 2 * c)                           # final layer
+  head = head_eval_flops(c, w, m.diff_depth)
+  head += 2 * (256 * w + w * w + m.dec_width * w)               # time and cond embeds
   f += head_rows * head
   # Contrastive logits [B, B], per sample: one row of each direction's matmul.
   f += 2 * config.batch_size * m.embed_dim
