@@ -23,6 +23,8 @@ Non-paper options (small runs such as configs/demo.py; every one is off / neutra
 paper configs, so the published recipe is unchanged; each key stays in its area):
   model.diffusion_prediction / diffusion_loss_space   'x0' + 'v'|'x0', or 'v' + 'v' (the
                                  head predicts the velocity), instead of eps / eps
+  model.diffusion_t_sampling     'logit_normal' training timesteps (diffusion_t_logit_mean /
+                                 _std) instead of uniform (paper)
   model.logit_scale_max          clamp of the CLIP logit scale (None: unclamped, paper)
   model.mask_text_padding        decoder / aligner ignore padded text keys (paper: attend)
   tokenizer.pixel_shift / pixel_scale   centring of identity pixel tokens (0 / 1)
@@ -146,6 +148,11 @@ def base_config() -> ConfigDict:
   # predict eps with an eps MSE. 'x0' + 'v' is an option for small pixel-token runs (README).
   c.model.diffusion_prediction = "eps"     # 'eps' (paper) | 'x0' | 'v'
   c.model.diffusion_loss_space = "eps"     # 'eps' (paper) | 'v' | 'x0'
+  # How training draws the head's timestep: 'uniform' over the 1000 steps (paper / MAR) or
+  # 'logit_normal' (t/T = sigmoid(mean + std n), SD3): mean > 0 draws more high-noise steps.
+  c.model.diffusion_t_sampling = "uniform"
+  c.model.diffusion_t_logit_mean = 0.0
+  c.model.diffusion_t_logit_std = 1.0
   # Encoder path: 'drop' = MAE token dropping with bucketed visible count (less compute),
   # 'masked' = full length with an attention mask. Same results on the same visible set.
   c.model.encoder_path = "drop"

@@ -112,6 +112,36 @@ def test_model_builds_its_chains_from_the_config():
   assert m.sample_diffusion("10").num_timesteps == 10
 
 
+def test_logit_normal_timesteps_follow_their_distribution_and_uniform_is_the_reference():
+  from configs import demo
+  from dream_jax.train.components import build_model
+  c = demo.get_config()
+  key = jax.random.key(3)
+  # Default: MAR's uniform integer draw, bit for bit (the parity tests depend on it).
+  t = build_model(c).diffloss.draw_timesteps(key, (4, 1000))
+  np.testing.assert_array_equal(t, jax.random.randint(key, (4, 1000), 0, 1000))
+  mean, std = 1.0, 0.7
+  c.model.update(diffusion_t_sampling="logit_normal", diffusion_t_logit_mean=mean,
+                 diffusion_t_logit_std=std)
+  common.validate(c)
+  t = np.asarray(build_model(c).diffloss.draw_timesteps(key, (200_000,)))
+  assert t.dtype == np.int32 and t.min() >= 0 and t.max() <= 999
+  # P(t >= T/2) = P(mean + std n >= 0) = Phi(mean / std), by the error function.
+  from math import erf, sqrt
+  np.testing.assert_allclose(np.mean(t >= 500), 0.5 * (1 + erf(mean / std / sqrt(2))),
+                             atol=0.005)
+  # E[t / T] = E[sigmoid(mean + std n)] by Gauss-Hermite quadrature, less the floor's 1/2T.
+  x, w = np.polynomial.hermite_e.hermegauss(64)
+  expect = np.sum(w / (1 + np.exp(-(mean + std * x)))) / np.sqrt(2 * np.pi)
+  np.testing.assert_allclose(np.mean(t) / 1000, expect - 0.0005, atol=0.002)
+  for bad, key_name in (({"diffusion_t_sampling": "beta"}, "model.diffusion_t_sampling"),
+                        ({"diffusion_t_logit_std": 0.0}, "model.diffusion_t_logit_std")):
+    c2 = demo.get_config()
+    c2.model.update(**bad)
+    with pytest.raises(ValueError, match=key_name):
+      common.validate(c2)
+
+
 def test_head_lr_mult_scales_only_the_diffusion_head():
   updates = {"params": {"diffloss": {"a": jnp.ones((2,))},
                         "decoder": {"diffloss_like": jnp.ones((3,)), "w": jnp.ones((2, 2))}}}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -80,13 +80,22 @@ class DiffLoss:
   num_train_timesteps, noise_schedule, prediction, loss_space (the training chain,
   diffusion/gaussian.py); num_sampling_steps (default respacing of the sampling chain);
   batch_mul (draws per token); buckets (static row counts of the loss);
-  clip_denoised (None, or clip the predicted x0 to [-c, c] while sampling).
+  clip_denoised (None, or clip the predicted x0 to [-c, c] while sampling);
+  t_sampling, t_logit_mean, t_logit_std (how training draws t: 'uniform' over the chain's
+  steps, MAR / the paper; or 'logit_normal', t / T = sigmoid(mean + std * n), n ~ N(0, 1),
+  Esser et al. 2024 (SD3), which with mean > 0 puts more draws at high noise).
   """
 
   def __init__(self, *, token_dim: int, num_train_timesteps: int, noise_schedule: str,
                prediction: str, loss_space: str, num_sampling_steps: str, batch_mul: int,
-               buckets: int, clip_denoised: Optional[float]):
+               buckets: int, clip_denoised: Optional[float], t_sampling: str = "uniform",
+               t_logit_mean: float = 0.0, t_logit_std: float = 1.0):
+    if t_sampling not in ("uniform", "logit_normal"):
+      raise ValueError(f"DiffLoss: t_sampling must be 'uniform' or 'logit_normal', "
+                       f"got {t_sampling!r}")
     self.token_dim = int(token_dim)
+    self.t_sampling = t_sampling
+    self.t_logit_mean, self.t_logit_std = float(t_logit_mean), float(t_logit_std)
     self._chain = functools.partial(
         GaussianDiffusion.create, noise_schedule=noise_schedule,
         diffusion_steps=num_train_timesteps, prediction=prediction, loss_space=loss_space)
@@ -122,7 +131,7 @@ class DiffLoss:
     n, mul = b * l, self.batch_mul
     diff = self.train_diffusion
     k_t, k_n = jax.random.split(rng)
-    t = jax.random.randint(k_t, (mul, n), 0, diff.num_timesteps)
+    t = self.draw_timesteps(k_t, (mul, n))
     noise = jax.random.normal(k_n, (mul, n, c), jnp.float32)
     # Rows are selected within G groups of whole samples, G = the batch shards of the mesh
     # in scope (1 without one): each device gathers its own counting rows and the head's
@@ -156,6 +165,20 @@ class DiffLoss:
     sizes = bucket_sizes(ng, self.buckets)
     loss, per_tok = bucketed((w > 0).sum(1).max(), sizes, run, w, zf, xf, t, noise)
     return loss, per_tok.reshape(b, l)
+
+  def draw_timesteps(self, rng: Array, shape: Sequence[int]) -> Array:
+    """Training timesteps [shape] int32 in [0, T) of the training chain (class docstring).
+
+    The draw distribution is a per-t loss weighting (Kingma & Gao 2023): it changes which
+    noise levels the head, and through it the condition z, learns most from; the sampler
+    is unchanged.
+    """
+    num = self.train_diffusion.num_timesteps
+    if self.t_sampling == "uniform":
+      return jax.random.randint(rng, shape, 0, num)
+    u = jax.nn.sigmoid(self.t_logit_mean
+                       + self.t_logit_std * jax.random.normal(rng, shape, jnp.float32))
+    return jnp.clip(jnp.floor(u * num), 0, num - 1).astype(jnp.int32)
 
   # ------------------------------------------------------------------ sample
   def sample(self, head_apply: HeadApply, z: Array, rng: Array, *,

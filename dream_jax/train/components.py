@@ -66,7 +66,8 @@ def build_model(config) -> DreamModel:
       loss_space=m.diffusion_loss_space,
       num_sampling_steps=config.sampling.num_diffusion_steps,
       batch_mul=m.diffusion_batch_mul, buckets=m.diffusion_buckets,
-      clip_denoised=config.sampling.clip_denoised)
+      clip_denoised=config.sampling.clip_denoised, t_sampling=m.diffusion_t_sampling,
+      t_logit_mean=m.diffusion_t_logit_mean, t_logit_std=m.diffusion_t_logit_std)
   return DreamModel(spec, diffloss, encoder_path=m.encoder_path,
                     encoder_buckets=m.encoder_buckets, mask_text_padding=m.mask_text_padding,
                     logit_scale_max=m.logit_scale_max,
