@@ -23,6 +23,7 @@ Non-paper options (small runs such as configs/demo.py; every one is off / neutra
 paper configs, so the published recipe is unchanged; each key stays in its area):
   model.diffusion_prediction / diffusion_loss_space   'x0' + 'v'|'x0', or 'v' + 'v' (the
                                  head predicts the velocity), instead of eps / eps
+  model.pos_embed_init           'sincos2d' start for the position tables (normal 0.02: official)
   model.diffusion_t_sampling     'logit_normal' training timesteps (diffusion_t_logit_mean /
                                  _std) instead of uniform (paper)
   model.logit_scale_max          clamp of the CLIP logit scale (None: unclamped, paper)
@@ -153,6 +154,9 @@ def base_config() -> ConfigDict:
   c.model.diffusion_t_sampling = "uniform"
   c.model.diffusion_t_logit_mean = 0.0
   c.model.diffusion_t_logit_std = 1.0
+  # Init of the encoder / decoder position tables (trainable either way): 'normal' N(0, 0.02)
+  # (official) | 'sincos2d' (MAE's 2-D sin-cos values; zeros for the buffer slots).
+  c.model.pos_embed_init = "normal"
   # Encoder path: 'drop' = MAE token dropping with bucketed visible count (less compute),
   # 'masked' = full length with an attention mask. Same results on the same visible set.
   c.model.encoder_path = "drop"

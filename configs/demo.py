@@ -1,23 +1,31 @@
 """The CPU demo: DREAM on the built-in captioned shapes, both skills in minutes.
 
-  python main.py --config=configs/demo.py --workdir=/tmp/dream_demo        # generates
-  python main.py --config=configs/demo.py:paper --workdir=/tmp/dream_paper # paper objective
+  python main.py --config=configs/demo.py --workdir=/tmp/dream_demo              # paper losses
+  python main.py --config=configs/demo.py:regression --workdir=/tmp/dream_regr   # older recipe
 
-Two recipes share the model, data and schedule below:
-  default   the paper's losses PLUS small-run generation settings (named deviations, last
-            paragraph): pixel tokens, a token-regression loss x100, the linear noise schedule,
-            head lr x4, temperature 0.1. It generates: colour 0.41, grid cell 0.39 on 64
-            mixed prompts (chance 0.11 / 0.016), retrieval R@1 ~0.35-0.40 (README).
-  paper     the paper's objective only (diffusion + weighted contrastive loss, the paper's
-            gating, Masking Warmup, no auxiliary loss) on 16-d latents of a frozen tokenizer
-            fitted to the data (the analogue of the paper's SD-VAE tokens). It learns
-            retrieval (R@1 0.34 / 0.40) and a caption-dependent decoder condition (z_info@0.9
-            8.6e-3) but NOT generation in 500 steps: mini-GenEval colour 0 (docs/history/
-            2026-12-01-small-recipe.md). The equal-budget study (dream_jax/study.py) runs it.
-Cost: 500 steps, ~8-9 min on a quiet 2-core CPU (473 s user CPU for `paper`; its tokenizer
-fit adds ~40 s once, cached).
+The default recipe trains with the paper's objective only: the diffusion loss plus the
+contrastive loss at the paper's weight 0.005, the paper's gating (diffusion loss on groups
+with mask ratio >= 0.5, InfoNCE on samples with >= 25% visible), Masking Warmup, no
+auxiliary loss. Its image tokens are 16-d latents of a frozen tokenizer fitted to the data
+(the analogue of the paper's SD-VAE tokens): PCA of 8x8x3 pixel patches to 16 components
+(a linear autoencoder in closed form, `tokenizer.kind='autoencoder'`, `ae_model='pca'`),
+fitted to 8192 training images on first use (~10 s, cached), latents centred and scaled to
+0.25 x unit variance: 32 px -> a 4 x 4 grid of 16 tokens of dim 16 (paper: 256 px -> 16 x 16
+tokens of dim 16). It generates (docs/RESULTS.md, "The CPU demo"): mini-GenEval colour and grid
+cell right in about half the samples of 64 held-out single-object prompts (chance 0.11 /
+0.016), SAD above plain decoding, retrieval R@1 ~0.45 (chance 0.004), in ~3 minutes.
+The equal-budget study (dream_jax/study.py) runs it.
 
-What differs from the paper recipe (docs/DESIGN.md section 2, "small runs"):
+One setting is NOT the paper's, and was needed here: v prediction
+(`model.diffusion_prediction='v'` with the MSE on v; paper / MAR: eps). With eps the same
+run stays at chance (colour 0.11; docs/history/2026-12-02-paper-loss-generation.md).
+`:prediction=eps` is the recipe without it (the study runs it as an ablation).
+Choices the issue leaves free, not deviations of the objective: the tokenizer above, the
+token scale 0.25 (`tokenizer.ae_token_scale`: scaling data by c shifts the noise schedule's
+log-SNR by 2 log c), the model sizes, steps and learning-rate schedule below, per-token
+temperature 0.9 (MAR's range), CFG 3.
+
+What else differs from the paper recipe (docs/DESIGN.md section 2, "small runs"):
   * a word tokenizer over the dataset's vocabulary; the CLIP text tower's token features as
     the generation condition (no pretrained T5 offline);
   * a tiny model; fp32 compute (bf16 gives no speedup on CPU); batch 64;
@@ -28,25 +36,14 @@ What differs from the paper recipe (docs/DESIGN.md section 2, "small runs"):
   * Masking Warmup centre 0 -> 1 over the first 40% of the run (paper: 36/48), so the late
     part trains generation at high ratios;
   * the CLIP tower's token embedding initialised with std 0.02 (OpenCLIP; official 1.0);
-  * contrastive weight 0.05 (paper 0.005): at batch 64 the InfoNCE gradient is otherwise too
-    small to align the towers within a few hundred steps;
   * masking groups of 16 (paper 64) so one step mixes 4 mask ratios;
-  * sampling: 16 MAR steps (paper 64), 50 head steps (paper 100), SAD with K=4 at step 4,
-    per-token temperature 0.9 (MAR's range), CFG 3.
-`paper` keeps the paper's settings here: the cosine noise schedule, eps prediction, one
-learning rate for every parameter (`optim.head_lr_mult=1`), no x0 clipping,
-`loss.w_token_regression=0`; and uses the fitted tokenizer:
-  * PCA of 4x4x3 pixel patches to 16 components (a linear autoencoder in closed form,
-    `tokenizer.kind='autoencoder'`, `ae_model='pca'`) fitted to 8192 training images,
-    latents centred and scaled by measured factors: 32 px -> 64 tokens of dim 16 (paper:
-    the frozen SD KL-VAE, 256 px -> 256 tokens of dim 16). A tiny SD KL-VAE
-    (`ae_model='kl_vae'`) did not train to a usable reconstruction in a minute here.
+  * sampling: 16 MAR steps (paper 64), 50 head steps (paper 100), SAD with K=4 at step 4.
 
-The default (generating) recipe deviates further, each setting needed in a few hundred steps
-(docs/history/2026-12-01-demo-generation.md): identity pixel tokens (4x4 patches, dim 48)
-centred by `tokenizer.pixel_shift=-0.93`; the linear noise schedule; an auxiliary
-token-regression loss x100 (`loss.w_token_regression`, a zero-initialised linear readout
-z -> token); head lr x4; x0 clipped to [-2, 2]; per-token temperature 0.1.
+`:regression` is the demo's earlier recipe (docs/history/2026-12-01-demo-generation.md),
+which needed more non-paper settings: identity pixel tokens (4x4 patches, dim 48) centred by
+`tokenizer.pixel_shift=-0.93`, the linear noise schedule, an auxiliary token-regression loss
+x100 (`loss.w_token_regression`, a zero-initialised linear readout z -> token), head lr x4,
+contrastive weight 0.05, x0 clipped to [-2, 2], per-token temperature 0.1, eps prediction.
 """
 from configs import common
 from configs import evaluators as ev
@@ -58,9 +55,11 @@ def get_config(arg=None):
   `python -m dream_jax.evaluate --workdir=W --evals_config=configs/demo.py:evals=full` runs)
   | 'study' (the equal-budget study's smaller suite, at the end only: dream_jax/study.py);
   recipe='dream' | 'fluid' | 'clip' | 'nowarmup' (configs/common.py:apply_recipe, the
-  paper's baselines in the same model and data); paper (the paper's objective only, on the
-  fitted tokenizer, without the generation settings: module docstring)."""
-  a = common.parse_arg(arg, steps=500, evals="train", recipe="dream", paper=False)
+  paper's baselines in the same model and data); prediction='v' | 'eps' (what the diffusion
+  head predicts: 'eps' is the paper's, module docstring); regression (the earlier recipe
+  with the auxiliary token-regression loss and pixel tokens, module docstring)."""
+  a = common.parse_arg(arg, steps=500, evals="train", recipe="dream", prediction="v",
+                       regression=False)
   c = common.base_config()
   c.total_steps = a.steps
   c.batch_size = 64
@@ -72,9 +71,14 @@ def get_config(arg=None):
                  aligner_depth=1, diff_depth=2, diff_width=128, diffusion_batch_mul=2,
                  encoder_buckets=2, diffusion_buckets=2,
                  attn_dropout=0.0, proj_dropout=0.0, noise_schedule="cosine")
-  # 16-d latents of a frozen tokenizer fitted to the data (PCA of 4x4 patches; docstring).
-  c.tokenizer.update(kind="autoencoder", ae_model="pca", ae_patch=4, vae_stride=4,
-                     latent_channels=16, patch_size=1, ae_train_size=8192)
+  if a.prediction not in ("v", "eps"):
+    raise ValueError(f"configs/demo.py: prediction must be 'v' or 'eps', got {a.prediction!r}")
+  # Deviation: v prediction with its MSE on v (paper / MAR: eps; module docstring).
+  c.model.diffusion_prediction = c.model.diffusion_loss_space = a.prediction
+  # 16-d latents of a frozen tokenizer fitted to the data: PCA of 8x8 patches, 4 x 4 tokens,
+  # at 0.25 x unit variance (a log-SNR shift of the cosine schedule; module docstring).
+  c.tokenizer.update(kind="autoencoder", ae_model="pca", ae_patch=8, vae_stride=8,
+                     latent_channels=16, patch_size=1, ae_train_size=8192, ae_token_scale=0.25)
   common.use_shapes_vocab(c, context_length=16)
   # Token-embedding init std 0.02 (OpenCLIP; official 1.0): the demo's recipe and its measured
   # numbers were set with it; the tower's token features are also the generation condition.
@@ -82,7 +86,7 @@ def get_config(arg=None):
 
   c.masking.update(warmup_end=0.4, group_size=16)
   c.schedule.update(kind="warmup_cosine", warmup=0.05, final_lr_frac=0.1)
-  c.loss.w_contrastive = 0.05
+  c.loss.w_contrastive = 0.005      # paper
   c.optim.lr = 1e-3
   c.loss.w_token_regression = 0.0   # paper: no auxiliary loss
   c.ema.update(decay=0.999, warmup=True)
@@ -100,10 +104,11 @@ def get_config(arg=None):
   c.ckpt.update(every=100, keep=2)
   c.evals.heldout = ev.heldout(every=100, diffusion_ratio=0.9, seed=0)
   # Mini-GenEval (the sampler's evaluator): 64 held-out single-object prompts (issue 16's
-  # target), plain decoding and SAD, scored by the shapes checker; at the end only.
-  c.evals.geneval = ev.geneval(every=0, at_start=False, num_prompts=64, modes=("plain", "sad"),
-                               batch=32, max_objects=1)
-  if not a.paper:
+  # target), plain decoding, SAD and best-of-K (same K) with their wall times, scored by the
+  # shapes checker; at the end only.
+  c.evals.geneval = ev.geneval(every=0, at_start=False, num_prompts=64,
+                               modes=("plain", "sad", "best_of_k"), batch=32, max_objects=1)
+  if a.regression:
     use_small_run_generation_settings(c)
   common.apply_recipe(c, a.recipe)
   if a.evals == "full":
@@ -119,12 +124,14 @@ def get_config(arg=None):
 
 
 def use_small_run_generation_settings(c) -> None:
-  """The default demo's non-paper settings, with which it generates (module docstring)."""
+  """The earlier recipe's non-paper settings (module docstring, `:regression`)."""
   # Centred pixel tokens: the images are ~93% black, so black -> -0.07 (tokens in
   # [-0.07, 1.93]); x0 clipped to [-2, 2], which covers that range.
   c.tokenizer.update(kind="identity", patch_size=4, pixel_shift=-0.93)
-  c.model.noise_schedule = "linear"
+  c.model.update(noise_schedule="linear", diffusion_prediction="eps",
+                 diffusion_loss_space="eps")
   c.loss.w_token_regression = 100.0    # zero-initialised linear readout z -> token, MSE
+  c.loss.w_contrastive = 0.05
   c.optim.head_lr_mult = 4.0
   c.sampling.update(clip_denoised=2.0, temperature=0.1)
 

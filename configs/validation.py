@@ -195,6 +195,7 @@ def _model(k: _Checker, c) -> None:
   k.one_of("model.diffusion_prediction", ("eps", "x0", "v"))
   k.one_of("model.diffusion_loss_space", ("eps", "v", "x0"))
   k.one_of("model.diffusion_t_sampling", ("uniform", "logit_normal"))
+  k.one_of("model.pos_embed_init", ("normal", "sincos2d"))
   k.number("model.diffusion_t_logit_mean")
   k.number("model.diffusion_t_logit_std", 0.0, lo_open=True)
   k.one_of("model.encoder_path", ("drop", "masked"))

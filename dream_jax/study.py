@@ -1,7 +1,7 @@
 """The equal-budget study: DREAM against its baselines with the same model, data and steps.
 
   python -m dream_jax.study --budget=N [--seeds=0,1,2] [--out=DIR] [--variants=...]
-      [--config=configs/demo.py:paper] [--evals=study] [-- extra main.py flags]
+      [--config=configs/demo.py] [--evals=study] [-- extra main.py flags]
 
 Trains every (variant, seed) as a normal run, `python -m dream_jax.main
 --config=<config>:[<fixed args>,]steps=N,recipe=<variant>,evals=<evals> --config.seed=<seed>
@@ -64,7 +64,7 @@ def run_name(variant: str, seed: int) -> str:
 
 def command(config: str, budget: int, variant: str, seed: int, evals: str, workdir: str,
             extra: Sequence[str]) -> list[str]:
-  path, _, fixed = config.partition(":")      # e.g. configs/demo.py:paper
+  path, _, fixed = config.partition(":")      # e.g. configs/demo.py:prediction=eps
   args = ",".join(a for a in (fixed, f"steps={budget},recipe={variant},evals={evals}") if a)
   return [sys.executable, "-m", "dream_jax.main", f"--config={path}:{args}",
           f"--config.seed={seed}", f"--workdir={workdir}", *extra]
@@ -196,7 +196,7 @@ def parse(argv: Sequence[str]):
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--variants", default=",".join(VARIANTS))
   p.add_argument("--out", default="study_out")
-  p.add_argument("--config", default="configs/demo.py:paper",
+  p.add_argument("--config", default="configs/demo.py",
                  help="config file[:fixed args]; the demo's paper-objective recipe by default")
   p.add_argument("--evals", default="study", help="the config's evals= argument")
   p.add_argument("--report_only", action="store_true",

@@ -51,5 +51,8 @@ def test_fidelity_end_to_end(tmp_path):
     for k in fidelity.CHECKS:
       assert 0.0 <= out[f"{mode}/{k}"] <= 1.0
     assert os.path.exists(tmp_path / "samples" / f"geneval_000005_{mode}.png")
+    # The timed pass reuses the warm-up's compiled program: its two batches take less than
+    # the warm-up's compilation plus one batch.
+    assert 0.0 < out[f"{mode}/seconds"] < out[f"{mode}/warmup_seconds"]
   assert "chance/color_ok" in out and out["num_prompts"] == 3
   json.dumps(out)   # metrics.jsonl-serialisable

@@ -142,6 +142,36 @@ def test_logit_normal_timesteps_follow_their_distribution_and_uniform_is_the_ref
       common.validate(c2)
 
 
+def test_sincos2d_position_init_is_the_2d_table_with_zero_buffer_slots():
+  from configs import demo
+  from dream_jax.models import layers
+  from dream_jax.train.components import build_model
+  table = np.asarray(layers.sincos_2d_position_init(2)(None, (1, 2 + 9, 8)))[0]
+  np.testing.assert_array_equal(table[:2], 0.0)
+  for p in range(9):          # row-major 3 x 3 grid; D/4 = 2 frequencies 1, 1/100
+    r, col = divmod(p, 3)
+    want = [np.sin(r), np.sin(r / 100), np.cos(r), np.cos(r / 100),
+            np.sin(col), np.sin(col / 100), np.cos(col), np.cos(col / 100)]
+    np.testing.assert_allclose(table[2 + p], want, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="square grid"):
+    layers.sincos_2d_position_init(2)(None, (1, 2 + 8, 8))
+  # The run's tables start from it: the demo's 4 x 4 grid of tokens, widths 128.
+  c = demo.get_config()
+  c.model.pos_embed_init = "sincos2d"
+  common.validate(c)
+  variables = build_model(c).init(jax.random.key(0))
+  b = c.model.buffer_size
+  for name in ("encoder_pos_embed", "decoder_pos_embed"):
+    t = np.asarray(variables["params"][name])[0]
+    np.testing.assert_array_equal(t[:b], 0.0)
+    # Position (2, 3) of the 4 x 4 grid, channel 0 = sin(row), channel 64 = sin(col).
+    np.testing.assert_allclose(t[b + 2 * 4 + 3, [0, 64]], [np.sin(2.0), np.sin(3.0)],
+                               rtol=1e-6)
+  c.model.pos_embed_init = "fourier"
+  with pytest.raises(ValueError, match="model.pos_embed_init"):
+    common.validate(c)
+
+
 def test_head_lr_mult_scales_only_the_diffusion_head():
   updates = {"params": {"diffloss": {"a": jnp.ones((2,))},
                         "decoder": {"diffloss_like": jnp.ones((3,)), "w": jnp.ones((2, 2))}}}

@@ -38,8 +38,7 @@ def test_study_plumbing(tmp_path):
   summary = study.main(argv, runner=_fake_runner(values, calls))
   assert len(calls) == 4
   assert calls[0][-1] == "--config.log_every=1"
-  assert any(a.endswith("configs/demo.py:paper,steps=2,recipe=dream,evals=study")
-             for a in calls[0])
+  assert any(a.endswith("configs/demo.py:steps=2,recipe=dream,evals=study") for a in calls[0])
   assert any(a.endswith("recipe=clip,evals=study") for a in calls[1])   # seed by seed
   # mean and sample std over seeds, computed here from the stub's values
   for v in ("dream", "clip"):

@@ -86,6 +86,8 @@ class ModelSpec:
   remat: str = "none"           # 'none' | 'dots' | 'full' (layers.remat_policy_name)
   scan_layers: bool = False     # nn.scan over identical blocks (layers.ScannedBlocks)
   token_readout: bool = False   # linear z -> token map for loss.w_token_regression
+  pos_embed_init: str = "normal"  # encoder/decoder position tables: 'normal' (0.02,
+                                  # official) | 'sincos2d' (layers.sincos_2d_position_init)
 
 
 class ProjectionMLP(nn.Module):
@@ -180,7 +182,9 @@ class DREAM(nn.Module):
     # text-to-image that is one learned vector, stored [1, D] like one row of that table.
     self.z_proj = layers.dense(s.width, dt)
     self.buffer_embed = self.param("buffer_embed", normal(0.02), (1, s.width))
-    self.encoder_pos_embed = self.param("encoder_pos_embed", normal(0.02), (1, S, s.width))
+    pos_init = (layers.sincos_2d_position_init(s.buffer_size)
+                if s.pos_embed_init == "sincos2d" else normal(0.02))
+    self.encoder_pos_embed = self.param("encoder_pos_embed", pos_init, (1, S, s.width))
     self.z_proj_ln = layers.layer_norm(s.ln_eps, dt)
     self.encoder_blocks = self._stack(layers.Block, s.depth, dict(
         width=s.width, heads=s.heads, mlp_dim=s.mlp_dim, attn_dropout=s.attn_dropout,
@@ -206,7 +210,7 @@ class DREAM(nn.Module):
     # Decoder.
     self.decoder_embed = layers.dense(s.dec_width, dt)
     self.mask_token = self.param("mask_token", normal(0.02), (1, 1, s.dec_width))
-    self.decoder_pos_embed = self.param("decoder_pos_embed", normal(0.02), (1, S, s.dec_width))
+    self.decoder_pos_embed = self.param("decoder_pos_embed", pos_init, (1, S, s.dec_width))
     self.decoder_proj_ln = layers.layer_norm(s.ln_eps, dt)
     self.decoder_blocks = self._stack(layers.DecoderBlock, s.dec_depth, dec_kw)
     self.decoder_norm = layers.layer_norm(s.ln_eps, dt)

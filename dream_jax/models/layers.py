@@ -247,6 +247,32 @@ BATCH_AXES = ("data", "fsdp")
 REMAT_POLICIES = ("none", "dots", "full")
 
 
+def sincos_2d_position_init(num_prefix: int):
+  """Initializer of a [1, num_prefix + H*W, D] position table: zeros for the `num_prefix`
+  buffer slots, then MAE's fixed 2-D sin-cos embedding of the row-major H x W grid (D/2
+  channels encode the row, D/2 the column, each half sin then cos over frequencies
+  1 / 10000^(k / (D/4))). Nearby positions start with similar vectors, so a function of
+  the table that is smooth in space is learnable from few examples.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    _, s, d = shape
+    side = int(round((s - num_prefix) ** 0.5))
+    if side * side != s - num_prefix or d % 4:
+      raise ValueError(f"sincos_2d_position_init: {s - num_prefix} positions are not a "
+                       f"square grid, or width {d} is not a multiple of 4")
+    omega = 1.0 / 10000.0 ** (jnp.arange(d // 4, dtype=jnp.float32) / (d // 4))
+    coord = jnp.arange(side, dtype=jnp.float32)
+    rows, cols = jnp.meshgrid(coord, coord, indexing="ij")
+    def half(c):   # [side*side, D/2]
+      a = c.reshape(-1, 1) * omega[None]
+      return jnp.concatenate([jnp.sin(a), jnp.cos(a)], axis=1)
+    grid = jnp.concatenate([half(rows), half(cols)], axis=1)
+    table = jnp.concatenate([jnp.zeros((num_prefix, d), jnp.float32), grid], axis=0)
+    return table[None].astype(dtype)
+  return init
+
+
 def remat_policy_name(value) -> str:
   """config.model.remat -> 'none' | 'dots' | 'full'. Older configs stored a bool
   (True = full rematerialisation of every block, False = none)."""

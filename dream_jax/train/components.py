@@ -53,7 +53,7 @@ def model_spec(config) -> ModelSpec:
       small_width=t.small_width, small_layers=t.small_layers, small_heads=t.small_heads,
       diff_depth=m.diff_depth, diff_width=m.diff_width, dtype=config.compute_dtype,
       remat=remat_policy_name(m.remat), scan_layers=bool(m.scan_layers),
-      token_readout=config.loss.w_token_regression > 0)
+      token_readout=config.loss.w_token_regression > 0, pos_embed_init=m.pos_embed_init)
 
 
 def build_model(config) -> DreamModel:
