@@ -54,6 +54,7 @@ COLUMNS = (
     ("SAD all", "geneval/sad/all_ok"), ("best-of-K all", "geneval/best_of_k/all_ok"),
     ("plain s", "geneval/plain/seconds"), ("SAD s", "geneval/sad/seconds"),
     ("best-of-K s", "geneval/best_of_k/seconds"),
+    ("SAD s / best-of-K s", "study/sad_over_best_of_k_time"),
     ("run wall s", "study/wall_seconds"),
 )
 
@@ -124,6 +125,10 @@ def run_all(args, runner: Callable[[list[str], dict], int] = subprocess_runner,
       rec = json.load(open(os.path.join(wd, "study.json")))
       metrics = final_metrics(wd)
       metrics["study/wall_seconds"] = rec["wall_seconds"]
+      # SAD's cost relative to best-of-K, per run (both decode in the same process, compiled).
+      if "geneval/sad/seconds" in metrics and metrics.get("geneval/best_of_k/seconds"):
+        metrics["study/sad_over_best_of_k_time"] = (metrics["geneval/sad/seconds"]
+                                                    / metrics["geneval/best_of_k/seconds"])
       records[name] = dict(rec, workdir=wd, metrics=metrics)
   return records
 
@@ -154,7 +159,8 @@ def markdown(summary: dict, header: str) -> str:
     cells = []
     for _, key in cols:
       s = row.get(key)
-      fmt = "{:.0f}" if key.endswith("seconds") else "{:.3f}"
+      fmt = ("{:.0f}" if key == "study/wall_seconds" else
+             "{:.2f}" if key.endswith("seconds") else "{:.3f}")
       cells.append("n/a" if s is None else
                    f"{fmt.format(s['mean'])} +- {fmt.format(s['std'])}")
     lines.append(f"| {v} | {n} | " + " | ".join(cells) + " |")

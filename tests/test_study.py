@@ -91,3 +91,27 @@ def test_study_real_tiny_runs(tmp_path):
     assert summary[v]["geneval/plain/color_ok"]["n"] == 1
     assert summary[v]["heldout/diffusion_loss@0.9"]["n"] == 1
   assert "retrieval/i2t_r@1" not in summary["dream"]     # the light suite has no retrieval
+
+
+def test_study_reports_sad_time_relative_to_best_of_k(tmp_path):
+  times = {0: (1.0, 4.0), 1: (2.0, 4.0)}       # (SAD s, best-of-K s) per seed
+
+  def run(cmd, env):
+    wd = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+    seed = int(next(a.split("=", 1)[1] for a in cmd if a.startswith("--config.seed=")))
+    os.makedirs(wd, exist_ok=True)
+    sad, bok = times[seed]
+    with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"step": 2, "geneval/sad/seconds": sad,
+                          "geneval/best_of_k/seconds": bok}) + "\n")
+    with open(os.path.join(wd, "done.json"), "w") as f:
+      f.write('{"step": 2}\n')
+    return 0
+
+  summary = study.main(["--budget=2", "--seeds=0,1", "--variants=dream", f"--out={tmp_path}"],
+                       runner=run)
+  ratio = summary["dream"]["study/sad_over_best_of_k_time"]
+  assert ratio["n"] == 2 and np.isclose(ratio["mean"], (0.25 + 0.5) / 2)
+  assert np.isclose(ratio["std"], np.std([0.25, 0.5], ddof=1))
+  table = open(tmp_path / "study.md").read()
+  assert "| 1.50 +- 0.71 | 4.00 +- 0.00 | 0.375 +- 0.177 |" in table   # seconds: 2 decimals
