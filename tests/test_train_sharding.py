@@ -49,7 +49,11 @@ def test_sharded_step_equals_single_device():
   assert worst <= 1e-4, worst
   # Params: the first Adam step moves a weight by lr * g / (|g| + eps), which flips for
   # gradients near eps = 1e-8, so params agree to within the learning rate and, away from
-  # such near-zero gradients, exactly; BN statistics (no Adam) agree to 1e-6.
+  # such near-zero gradients, up to the rounding of the update's float32 add: the updates
+  # there differ by ~lr * 4e-5 * eps / |g| (< 1e-12), far below one unit in the last place
+  # of a weight of size 0.01-1 (1e-9-1e-7), so the sums agree or differ by that one unit
+  # (which side of a rounding boundary the exact sum falls depends on the machine).
+  # BN statistics (no Adam) agree to 1e-6.
   lr = float(m1["lr"])
   for name in ("params", "ema_params", "batch_stats"):
     err = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(new1[name]),
@@ -57,10 +61,15 @@ def test_sharded_step_equals_single_device():
     print(name, "max abs difference", err, "lr", lr)
     tol = 2 * lr if name != "batch_stats" else 1e-6
     assert err <= tol, (name, err, tol)
-    big = [np.abs(a - b)[np.abs(g) > 1e-6].max(initial=0.0) for a, b, g in zip(
-        jax.tree.leaves(new1[name]), jax.tree.leaves(new8[name]), jax.tree.leaves(mu1))
-        if name != "batch_stats"]
-    assert name == "batch_stats" or max(big) <= 1e-3 * lr, (name, max(big))
+    if name == "batch_stats":
+      continue
+    for a, b, g in zip(jax.tree.leaves(new1[name]), jax.tree.leaves(new8[name]),
+                       jax.tree.leaves(mu1)):
+      away = np.abs(g) > 1e-6
+      one_ulp = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float32))
+      bound = np.maximum(1e-3 * lr, one_ulp)
+      assert np.all(np.abs(a - b)[away] <= bound[away]), (
+          name, float((np.abs(a - b)[away] / bound[away]).max()))
 
 
 def first_moment(opt_state):
