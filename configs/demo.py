@@ -11,7 +11,7 @@ auxiliary loss. Its image tokens are 16-d latents of a frozen tokenizer fitted t
 (a linear autoencoder in closed form, `tokenizer.kind='autoencoder'`, `ae_model='pca'`),
 fitted to 8192 training images on first use (~10 s, cached), latents centred and scaled to
 0.25 x unit variance: 32 px -> a 4 x 4 grid of 16 tokens of dim 16 (paper: 256 px -> 16 x 16
-tokens of dim 16). It generates (docs/RESULTS.md, "The CPU demo"; 3 min 31 s on a quiet
+tokens of dim 16). It generates (docs/RESULTS.md, "The CPU demo"; 3 min 30 s on a quiet
 2-core CPU): on 64 held-out single-object prompts the colour is right in 0.80 of the samples
 and the grid cell in 0.77 (chance 0.11 / 0.016), SAD raises the all-checks score from 0.06
 to 0.16, and retrieval R@1 is 0.59 / 0.60 (chance 0.004).
