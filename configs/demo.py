@@ -72,8 +72,6 @@ def get_config(arg=None):
                  aligner_depth=1, diff_depth=2, diff_width=128, diffusion_batch_mul=2,
                  encoder_buckets=2, diffusion_buckets=2,
                  attn_dropout=0.0, proj_dropout=0.0, noise_schedule="cosine")
-  if a.prediction not in ("v", "eps"):
-    raise ValueError(f"configs/demo.py: prediction must be 'v' or 'eps', got {a.prediction!r}")
   # Deviation: v prediction with its MSE on v (paper / MAR: eps; module docstring).
   c.model.diffusion_prediction = c.model.diffusion_loss_space = a.prediction
   # 16-d latents of a frozen tokenizer fitted to the data: PCA of 8x8 patches, 4 x 4 tokens,

@@ -119,8 +119,7 @@ class Evaluator:
       # Times compare decoding modes (SAD against best-of-K), so compilation, which differs
       # per program and is paid once per process, stays out of them.
       t0 = time.perf_counter()
-      jax.block_until_ready(self.samples(predict_fns[MODES[mode]], variables, mode,
-                                         first_batch_only=True))
+      self.samples(predict_fns[MODES[mode]], variables, mode, first_batch_only=True)
       out[f"{mode}/warmup_seconds"] = time.perf_counter() - t0
       t0 = time.perf_counter()
       images = self.samples(predict_fns[MODES[mode]], variables, mode)
