@@ -100,6 +100,36 @@ def test_nowarmup_recipe_is_constant():
   assert float(sched(0)) == 1.0 and float(sched(c.total_steps // 2)) == 1.0
 
 
+# ---------------------------------------------------------------- dropout
+@pytest.mark.parametrize("rate,bdims", [(0.1, ()), (0.5, (1,)), (0.0, ()), (1.0, ())])
+def test_dropout_is_flax_dropout_with_its_mask_apart(rate, bdims):
+  """layers.Dropout draws the mask flax's nn.Dropout draws (same auto-names, same rng
+  stream), so values and gradients are bitwise nn.Dropout's; and its mask sits behind an
+  optimization barrier, which is what keeps XLA:TPU from fusing the threefry bits into the
+  attention's p.v matmul (docs/scaling.md)."""
+  import flax.linen as nn
+  from dream_jax.models import layers
+
+  class Two(nn.Module):   # two dropouts in one scope: the second's name depends on the first
+    cls: type
+
+    @nn.compact
+    def __call__(self, x):
+      a = self.cls(rate, broadcast_dims=bdims)(x, deterministic=False)
+      return 2.0 * a + self.cls(0.3)(x, deterministic=False)
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 16))
+  rngs = {"dropout": jax.random.PRNGKey(3)}
+  ours = lambda x: Two(layers.Dropout).apply({}, x, rngs=rngs)
+  ref = lambda x: Two(nn.Dropout).apply({}, x, rngs=rngs)
+  np.testing.assert_array_equal(jax.jit(ours)(x), ref(x))
+  np.testing.assert_array_equal(jax.grad(lambda x: ours(x).sum())(x),
+                                jax.grad(lambda x: ref(x).sum())(x))
+  masks = 1 if rate in (0.0, 1.0) else 2    # rate 0 / 1 draw no mask
+  assert jax.jit(ours).lower(x).as_text().count("optimization_barrier") == masks
+  assert "optimization_barrier" not in jax.jit(ref).lower(x).as_text()
+
+
 # ---------------------------------------------------------------- encoder
 def _inputs(model, b=6, seed=0):
   s = model.spec
