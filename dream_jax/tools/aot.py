@@ -26,6 +26,10 @@ same formula at the expected sizes of a training step (`--ratio`, the mean mask 
 'useful') gives the useful work, and the bucket choice decides where between the two a real
 step lands (bucketing waste, reported apart).
 
+Where the compile time goes, fusion by fusion: run this tool with
+LIBTPU_INIT_ARGS=--vmodule=lowering_emitter=2, then `python -m dream_jax.tools.compile_log
+/tmp/tpu_logs/tpu_driver.INFO`.
+
 Inputs: '--inputs=cache' (default) feeds what `dream_jax.data.cache` writes (VAE latent
 moments, frozen T5 features), as large runs do; 'raw' feeds 256px images and T5 ids, so the
 frozen VAE encoder and T5 run inside the step (their FLOPs are not in the analytic count).
