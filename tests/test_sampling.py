@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dream_jax.models.buckets import bucketed
 from dream_jax import sampling
 from dream_jax.sampling import mar, sad
 from dream_jax.sampling import schedule as sl
@@ -80,8 +81,15 @@ class _CountingModel:
     self.spec = types.SimpleNamespace(seq_len=L, token_dim=3)
     self.encoder_path = "drop"
 
-  def encode_tokens(self, variables, tokens, visible, num_keep=None, **kw):
-    keep = jnp.full(visible.shape, -1.0 if num_keep is None else float(num_keep))
+  def encode_tokens(self, variables, tokens, visible, num_keep=None, count=None, sizes=None,
+                    **kw):
+    # The static length the real encoder would run at: `num_keep`, or the bucket of
+    # `sizes` that `count` selects (the same `bucketed` switch as DreamModel's).
+    full = lambda k, v: jnp.full(v.shape, float(k))
+    if count is not None:
+      keep = bucketed(count, sizes, full, visible)
+    else:
+      keep = full(-1 if num_keep is None else num_keep, visible)
     return jnp.stack([tokens[..., 1], visible.astype(jnp.float32), keep], -1), visible
 
   def decode(self, variables, hidden, valid, ctx, mask):

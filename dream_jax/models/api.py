@@ -43,8 +43,9 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from dream_jax.models.diffloss import DiffLoss, bucket_sizes, bucketed
-from dream_jax.models.dream import DREAM, ModelSpec
+from dream_jax.models.buckets import bucket_sizes, bucketed
+from dream_jax.models.diffloss import DiffLoss
+from dream_jax.models.dream import DREAM, ModelSpec, sort_visible, unsort_visible
 
 __all__ = ["DreamModel", "ImageEncoding", "bucket_sizes", "bucketed"]
 
@@ -109,20 +110,34 @@ class DreamModel:
 
   # --------------------------------------------------------------- encoder
   def encode_tokens(self, variables, tokens, visible, *, train=False, rng=None,
-                    num_keep: Optional[int] = None):
+                    num_keep: Optional[int] = None, count=None,
+                    sizes: Optional[tuple[int, ...]] = None):
     """Encoder only: (hidden [B,S,D], valid [B,S]). Path and bucket chosen by the config;
-    `num_keep` forces the token-dropping path with that static length."""
-    det = not train
+    `num_keep` forces the token-dropping path with that static length; `count` (traced
+    int32 >= every visible count) with static `sizes` picks the bucket from those instead
+    of from the batch's largest visible count and `encoder_sizes` (the sampler's steps).
 
-    def run(k, tokens, visible):
-      return self._apply(variables, tokens, visible, k, det, method=DREAM.encode, rng=rng)
+    Token dropping: the input embedding, the visible-first reorder and its inverse run once;
+    only the blocks are inside the `lax.switch` over buckets (models/buckets.py: whatever a
+    branch holds is compiled once per bucket)."""
+    det = not train
+    if num_keep is None and count is None and self.encoder_path == "masked":
+      return self._apply(variables, tokens, visible, None, det, method=DREAM.encode, rng=rng)
+    buffer = self.spec.buffer_size
+    x = self._apply(variables, tokens, method=DREAM.encode_embed)
+    xs, order = sort_visible(x, visible, buffer)
+    n_vis = visible.sum(axis=1).astype(jnp.int32)
+
+    def run(k, xs, n_vis):
+      return self._apply(variables, xs, n_vis, k, det, method=DREAM.encode_sorted, rng=rng)
 
     if num_keep is not None:
-      return run(num_keep, tokens, visible)
-    if self.encoder_path == "masked":
-      return run(None, tokens, visible)
-    n_max = visible.sum(axis=1).max()
-    return bucketed(n_max, self.encoder_sizes, run, tokens, visible)
+      hs = run(num_keep, xs, n_vis)
+    elif count is not None:
+      hs = bucketed(count, sizes, run, xs, n_vis)
+    else:
+      hs = bucketed(n_vis.max(), self.encoder_sizes, run, xs, n_vis)
+    return unsort_visible(hs, visible, order, buffer)
 
   def project(self, variables, hidden, valid, *, train=False):
     """(embedding [B,E], batch_stats): BN batch statistics (and their update) when train."""
@@ -151,9 +166,13 @@ class DreamModel:
     smallest static size > every eot_pos. The tower is causal and pools at eot_pos, so the
     positions after it cannot change the embedding (or its gradients): captions of ~10
     words then cost ~1/5 of the 77-position tower. Use `embed_text` for the token features."""
-    def run(k, ids, eot):
-      return self.embed_text(variables, ids[:, :k], eot)[0]
-    return bucketed(eot_pos.max() + 1, self.text_sizes, run, clip_ids, eot_pos)
+    # The token-embedding gather (and its scatter-add gradient into the vocabulary table)
+    # runs once on the full context, outside the buckets; a branch holds only the blocks.
+    x = self._apply(variables, clip_ids, method=DREAM.embed_text_tokens)
+
+    def run(k, x, eot):
+      return self._apply(variables, x[:, :k], eot, method=DREAM.embed_text_prefix)
+    return bucketed(eot_pos.max() + 1, self.text_sizes, run, x, eot_pos)
 
   def condition(self, variables, cond, *, train=False, rng=None, text_feats=None):
     """Aligner output [B,Lc,Ddec]; see the module docstring for `cond`."""

@@ -18,7 +18,6 @@ Randomness: `rng` is the 'diffusion' stream; nothing else here draws random numb
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, Optional, Sequence, Union
 
 import jax
@@ -26,33 +25,13 @@ import jax.numpy as jnp
 
 from dream_jax.diffusion.gaussian import GaussianDiffusion
 from dream_jax.models import layers
+from dream_jax.models.buckets import bucket_sizes, bucketed, partition, permute_rows
 from dream_jax.models.diffusion_head import apply_with_cfg
 
 Array = jax.Array
 # head_apply(x, t, z, z_embedded=False) -> [N, 2C]: `DreamModel.diffusion_net` with its
 # variables bound (the forms of `SimpleMLPAdaLN.__call__`: x=None returns cond_embed(z) only).
 HeadApply = Callable[..., Array]
-
-
-# ------------------------------------------------------------------------- buckets
-def bucket_sizes(n: int, buckets: int) -> tuple[int, ...]:
-  """Static lengths a dynamic count in [0, n] is rounded up to: ceil(n*k/buckets), k=1..buckets
-  (with buckets > n this is 1..n)."""
-  return tuple(sorted({max(1, math.ceil(n * k / buckets)) for k in range(1, buckets + 1)}))
-
-
-def bucketed(count, sizes, branch_fn, *operands):
-  """Runs `branch_fn(size, *operands)` for the smallest static size >= count.
-
-  All branches are compiled into one program and `lax.switch` executes only the chosen one,
-  so the work scales with the bucket, not with the worst case. `count` must be a traced or
-  concrete int scalar that is <= sizes[-1].
-  """
-  if len(sizes) == 1:
-    return branch_fn(sizes[0], *operands)
-  idx = jnp.searchsorted(jnp.asarray(sizes), count, side="left")
-  idx = jnp.minimum(idx, len(sizes) - 1)
-  return jax.lax.switch(idx, [functools.partial(branch_fn, k) for k in sizes], *operands)
 
 
 # ---------------------------------------------------------------------------- loss
@@ -145,25 +124,30 @@ class DiffLoss:
     noise = noise.reshape(mul, g, ng, c).swapaxes(0, 1)             # [G, mul, ng, C]
     zf, xf = z.reshape(g, ng, -1), target.reshape(g, ng, c).astype(jnp.float32)
 
-    def run(k, w, zf, xf, t, noise):
-      rows = jnp.argsort(w <= 0, axis=1, stable=True)[:, :k]        # [G, k] counting first
-      take = lambda a: jnp.take_along_axis(a, rows[..., None], axis=1)
+    # Counting rows first (stable partition, no sort), gathered once outside the buckets:
+    # a branch of size k takes the first k rows, so it holds only the head's layers.
+    rows, inv = partition(w > 0)                                    # [G, ng] each
+    zs, xs, ws = permute_rows(zf, rows, inv), permute_rows(xf, rows, inv), \
+        permute_rows(w[..., None], rows, inv)[..., 0]
+    ts = permute_rows(t.swapaxes(1, 2), rows, inv).swapaxes(1, 2)   # [G, mul, ng]
+    ns = permute_rows(noise.swapaxes(1, 2), rows, inv).swapaxes(1, 2)
+
+    def run(k, ws, zs, xs, ts, ns):
       tile = lambda a: jnp.broadcast_to(a[:, None], (g, mul) + a.shape[1:])
       # Group-major rows [G * mul * k, ...]: split over the batch axes like the samples.
       flat = lambda a: layers.constrain_batch(a.reshape((g * mul * k,) + a.shape[3:]))
-      rz, rx = flat(tile(take(zf))), flat(tile(take(xf)))
-      rt = flat(jnp.take_along_axis(t, rows[:, None], axis=2))     # [G, mul, k] -> rows
-      rn = flat(jnp.take_along_axis(noise, rows[:, None, :, None], axis=2))
+      rz, rx = flat(tile(zs[:, :k])), flat(tile(xs[:, :k]))
+      rt, rn = flat(ts[:, :, :k]), flat(ns[:, :, :k])
       x_t = diff.q_sample(rx, rt, rn)
       out = head_apply(x_t, diff.model_timesteps(rt), rz)
       terms = diff.training_losses(out, rx, x_t, rt, rn)
-      rw = jnp.take_along_axis(w, rows, axis=1)
+      rw = ws[:, :k]
       per_row = jnp.where(rw > 0, terms["loss"].reshape(g, mul, k).mean(1), 0.0)
-      full = jnp.zeros((g, ng), jnp.float32).at[jnp.arange(g)[:, None], rows].add(per_row)
-      return (rw * per_row).sum(), full
+      return (rw * per_row).sum(), jnp.pad(per_row, ((0, 0), (0, ng - k)))
 
     sizes = bucket_sizes(ng, self.buckets)
-    loss, per_tok = bucketed((w > 0).sum(1).max(), sizes, run, w, zf, xf, t, noise)
+    loss, per_sorted = bucketed((w > 0).sum(1).max(), sizes, run, ws, zs, xs, ts, ns)
+    per_tok = permute_rows(per_sorted[..., None], inv, rows)[..., 0]  # back to row order
     return loss, per_tok.reshape(b, l)
 
   def draw_timesteps(self, rng: Array, shape: Sequence[int]) -> Array:

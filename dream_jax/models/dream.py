@@ -16,8 +16,10 @@ marks the slots that exist (buffer + visible). Both encoder paths return this la
 decoder, pooling and tests never care which path ran:
   * 'drop' (MAE style): gather the visible positions in increasing order (as the reference)
     into a static `num_keep` slots, run the blocks on buffer + num_keep tokens with padded
-    slots masked out of attention, scatter the results back. Cost per block ~ (buffer+K)
-    tokens; the api chooses K from a few static buckets with `lax.switch`.
+    slots masked out of attention, gather the results back by the inverse permutation
+    (`sort_visible` / `unsort_visible`: a sort-free partition, models/buckets.py). Cost per
+    block ~ (buffer+K) tokens; the api chooses K from a few static buckets with `lax.switch`,
+    whose branches hold only the blocks (`encode_sorted`).
   * 'masked': all buffer + L tokens run, attention keys restricted to buffer + visible.
     Cost ~ (buffer+L) tokens whatever the ratio; no gather/scatter.
   Encoder forward FLOPs per image at B/16 (buffer 64, L 256, D 768, 12 blocks; printed by
@@ -37,6 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dream_jax.models import layers
+from dream_jax.models.buckets import partition, permute_rows
 from dream_jax.models.diffusion_head import SimpleMLPAdaLN
 
 normal = nn.initializers.normal
@@ -90,6 +93,25 @@ class ModelSpec:
                                   # official) | 'sincos2d' (layers.sincos_2d_position_init)
 
 
+def sort_visible(x, visible, buffer_size: int):
+  """Encoder input [B, buffer+L, D] -> (the same with the image slots reordered visible
+  first, in increasing position order as the reference's gather; order = (perm, inv) of
+  `buckets.partition`). The reorder is a gather whose gradient is the inverse gather."""
+  perm, inv = partition(visible)
+  img = permute_rows(x[:, buffer_size:], perm, inv)
+  return jnp.concatenate([x[:, :buffer_size], img], axis=1), (perm, inv)
+
+
+def unsort_visible(hs, visible, order, buffer_size: int):
+  """Inverse of `sort_visible` on encoder outputs: (hidden [B, buffer+L, D] position-indexed
+  with invisible slots 0, valid [B, buffer+L])."""
+  perm, inv = order
+  img = permute_rows(hs[:, buffer_size:], inv, perm)
+  img = jnp.where(visible[..., None], img, 0.0)
+  valid = jnp.concatenate([jnp.ones((hs.shape[0], buffer_size), bool), visible], axis=1)
+  return jnp.concatenate([hs[:, :buffer_size], img], axis=1), valid
+
+
 class ProjectionMLP(nn.Module):
   """Official `post_mlp_stablerep`: Linear-BN-ReLU-Linear-BN-ReLU-Linear (D->h->h->E)."""
   hidden: int
@@ -117,27 +139,43 @@ class ClipTextTower(nn.Module):
   spec: ModelSpec
   dtype: jnp.dtype
 
-  @nn.compact
-  def __call__(self, ids, eot_pos):
+  def setup(self):
     s = self.spec
-    tok = self.param("token_embedding", normal(s.text_token_init_std),
-                     (s.text_vocab, s.text_width))
-    pos = self.param("positional_embedding", normal(0.01), (s.text_ctx, s.text_width))
-    proj = self.param("text_projection", normal(s.text_width ** -0.5),
-                      (s.text_width, s.embed_dim))
-    x = (jnp.take(tok, ids, axis=0) + pos[None, : ids.shape[1]]).astype(self.dtype)
+    self.token_embedding = self.param("token_embedding", normal(s.text_token_init_std),
+                                      (s.text_vocab, s.text_width))
+    self.positional_embedding = self.param("positional_embedding", normal(0.01),
+                                           (s.text_ctx, s.text_width))
+    self.text_projection = self.param("text_projection", normal(s.text_width ** -0.5),
+                                      (s.text_width, s.embed_dim))
     kw = dict(width=s.text_width, heads=s.text_heads, mlp_dim=s.text_mlp_dim,
               ln_eps=s.text_ln_eps, dtype=self.dtype)
     if s.scan_layers and s.text_layers:
-      x = layers.ScannedBlocks(layers.ClipResBlock, kw, s.text_layers, s.remat,
-                               takes_deterministic=False, name="resblocks")(x)
+      self.resblocks = layers.ScannedBlocks(layers.ClipResBlock, kw, s.text_layers, s.remat,
+                                            takes_deterministic=False)
     else:
       blk = layers.remat_block(layers.ClipResBlock, s.remat)
-      for i in range(s.text_layers):
-        x = layers.constrain_batch(blk(**kw, name=f"resblocks_{i}")(x))
-    feats = layers.layer_norm(s.text_ln_eps, self.dtype, "ln_final")(x)
+      self.resblocks = [blk(**kw) for _ in range(s.text_layers)]
+    self.ln_final = layers.layer_norm(s.text_ln_eps, self.dtype)
+
+  def __call__(self, ids, eot_pos):
+    return self.from_embedded(self.embed(ids), eot_pos)
+
+  def embed(self, ids):
+    """ids [B, n] int32 -> token + position embedding [B, n, text_width]."""
+    pos = self.positional_embedding[None, : ids.shape[1]]
+    return (jnp.take(self.token_embedding, ids, axis=0) + pos).astype(self.dtype)
+
+  def from_embedded(self, x, eot_pos):
+    """Embedded tokens [B, n, W] (any prefix of the context: the blocks are causal) ->
+    (pooled @ text_projection [B, E] float32, ln_final features [B, n, W])."""
+    if isinstance(self.resblocks, layers.ScannedBlocks):
+      x = self.resblocks(x)
+    else:
+      for blk in self.resblocks:
+        x = layers.constrain_batch(blk(x))
+    feats = self.ln_final(x)
     pooled = jnp.take_along_axis(feats, eot_pos[:, None, None], axis=1)[:, 0]
-    return pooled.astype(jnp.float32) @ proj, feats
+    return pooled.astype(jnp.float32) @ self.text_projection, feats
 
 
 class SmallCondEncoder(nn.Module):
@@ -257,31 +295,39 @@ class DREAM(nn.Module):
     Returns:
       hidden [B, buffer+L, D] (position-indexed; invalid slots are 0), valid [B, buffer+L].
     """
-    s = self.spec
-    b, l, _ = tokens.shape
-    x = self.z_proj(tokens.astype(self._dtype))
-    buf = jnp.broadcast_to(self.buffer_embed[None].astype(x.dtype), (b, s.buffer_size, s.width))
-    x = jnp.concatenate([buf, x], axis=1) + self.encoder_pos_embed.astype(x.dtype)
-    x = self.z_proj_ln(x)
-    valid = jnp.concatenate([jnp.ones((b, s.buffer_size), bool), visible], axis=1)
+    x = self.encode_embed(tokens)
     if num_keep is None:
+      valid = jnp.concatenate([jnp.ones((x.shape[0], self.spec.buffer_size), bool), visible],
+                              axis=1)
       h = self._run(self.encoder_blocks, x, valid, deterministic)
       h = self.encoder_norm(h)
       return jnp.where(valid[..., None], h, 0).astype(jnp.float32), valid
-    # Token dropping: visible positions first, in increasing position order (stable sort).
-    order = jnp.argsort(~visible, axis=1, stable=True)[:, :num_keep]          # [B, K]
-    n_vis = visible.sum(axis=1)
+    xs, order = sort_visible(x, visible, self.spec.buffer_size)
+    hs = self.encode_sorted(xs, visible.sum(axis=1), num_keep, deterministic)
+    return unsort_visible(hs, visible, order, self.spec.buffer_size)
+
+  def encode_embed(self, tokens):
+    """Encoder input [B, buffer+L, D]: z_proj(tokens) after the buffer tokens, + position
+    embedding, LayerNorm (position-indexed, every slot)."""
+    s = self.spec
+    b = tokens.shape[0]
+    x = self.z_proj(tokens.astype(self._dtype))
+    buf = jnp.broadcast_to(self.buffer_embed[None].astype(x.dtype), (b, s.buffer_size, s.width))
+    x = jnp.concatenate([buf, x], axis=1) + self.encoder_pos_embed.astype(x.dtype)
+    return self.z_proj_ln(x)
+
+  def encode_sorted(self, xs, n_vis, num_keep: int, deterministic: bool = True):
+    """Token-dropping encoder blocks on the first buffer + num_keep slots of `xs`
+    [B, buffer+L, D] (visible tokens first: `sort_visible`); n_vis [B] int32 visible counts
+    (<= num_keep; later slots are padding, masked out of attention). Returns [B, buffer+L, D]
+    float32 in the same slot order, zero after buffer + num_keep."""
+    s = self.spec
+    b, n_slots = xs.shape[0], s.buffer_size + num_keep
     slot_ok = jnp.arange(num_keep)[None, :] < n_vis[:, None]                  # [B, K]
-    kept = jnp.take_along_axis(x[:, s.buffer_size:], order[..., None], axis=1)
-    h = jnp.concatenate([x[:, : s.buffer_size], kept], axis=1)
     key_ok = jnp.concatenate([jnp.ones((b, s.buffer_size), bool), slot_ok], axis=1)
-    h = self._run(self.encoder_blocks, h, key_ok, deterministic)
+    h = self._run(self.encoder_blocks, xs[:, :n_slots], key_ok, deterministic)
     h = self.encoder_norm(h).astype(jnp.float32)
-    # Scatter back to the position-indexed layout; padding slots write to a dummy row.
-    target = jnp.where(slot_ok, order, l)                                     # [B, K]
-    img = jnp.zeros((b, l + 1, s.width), jnp.float32)
-    img = img.at[jnp.arange(b)[:, None], target].set(h[:, s.buffer_size:])[:, :l]
-    return jnp.concatenate([h[:, : s.buffer_size], img], axis=1), valid
+    return jnp.pad(h, ((0, 0), (0, xs.shape[1] - n_slots), (0, 0)))
 
   def project_image(self, hidden, valid, use_running_average: bool = True):
     """Mean over ALL valid encoder outputs (buffer + visible) -> BN-MLP -> L2 norm: [B, E]."""
@@ -298,6 +344,16 @@ class DREAM(nn.Module):
     (embedding [B, E] L2-normalised float32, token features [B, ctx, text_width])."""
     pooled, feats = self.text_tower(ids, eot_pos)
     return l2_normalize(pooled), feats
+
+  def embed_text_tokens(self, ids):
+    """The CLIP tower's input embedding [B, n, text_width] of ids [B, n] (see
+    `embed_text_prefix`)."""
+    return self.text_tower.embed(ids)
+
+  def embed_text_prefix(self, x, eot_pos):
+    """`embed_text` from the tower's input embedding `x` [B, k, W] of the first k positions
+    (k > every eot_pos): the embedding [B, E] only."""
+    return l2_normalize(self.text_tower.from_embedded(x, eot_pos)[0])
 
   def condition(self, features=None, mask=None, ids=None, *, deterministic: bool = True,
                 text_feats=None):

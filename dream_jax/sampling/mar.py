@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dream_jax.models.api import DreamModel
-from dream_jax.models.diffloss import bucket_sizes, bucketed
+from dream_jax.models.buckets import bucket_sizes, bucketed
 from dream_jax.sampling import schedule as sched_lib
 
 
@@ -142,8 +142,7 @@ class MarDecoder:
     if isinstance(count, (int, np.integer)):
       size = int(sched_lib.rounded_up(np.asarray([count]), self.enc_sizes)[0])
       return m.encode_tokens(variables, tokens, visible, num_keep=size)
-    run = lambda k, t, v: m.encode_tokens(variables, t, v, num_keep=k)
-    return bucketed(count, self.enc_sizes, run, tokens, visible)
+    return m.encode_tokens(variables, tokens, visible, count=count, sizes=self.enc_sizes)
 
   def score(self, variables, hidden, valid, text_emb):
     """Cosine [B] of the image embedding (eval BatchNorm) with unit text embeddings [B, E]."""

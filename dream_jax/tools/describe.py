@@ -72,7 +72,7 @@ def encoder_flops(config, mask_ratio: float) -> dict:
   """
   import math
   from dream_jax.models.patchify import token_layout
-  from dream_jax.models.diffloss import bucket_sizes
+  from dream_jax.models.buckets import bucket_sizes
   m = config.model
   d, depth, buf = m.width, m.depth, m.buffer_size
   mlp = m.mlp_dim or int(d * m.mlp_ratio)
