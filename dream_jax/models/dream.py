@@ -312,9 +312,12 @@ class DREAM(nn.Module):
     s = self.spec
     b = tokens.shape[0]
     x = self.z_proj(tokens.astype(self._dtype))
-    buf = jnp.broadcast_to(self.buffer_embed[None].astype(x.dtype), (b, s.buffer_size, s.width))
-    x = jnp.concatenate([buf, x], axis=1) + self.encoder_pos_embed.astype(x.dtype)
-    return self.z_proj_ln(x)
+    pos = self.encoder_pos_embed.astype(x.dtype)[0]                               # [S, D]
+    # LayerNorm is per slot, so the buffer slots (the same for every image) are normalised
+    # once and broadcast, not B times.
+    buf = self.z_proj_ln(self.buffer_embed.astype(x.dtype) + pos[:s.buffer_size])  # [buf, D]
+    x = self.z_proj_ln(x + pos[s.buffer_size:])
+    return jnp.concatenate([jnp.broadcast_to(buf, (b,) + buf.shape), x], axis=1)
 
   def encode_sorted(self, xs, n_vis, num_keep: int, deterministic: bool = True):
     """Token-dropping encoder blocks on the first buffer + num_keep slots of `xs`
