@@ -67,7 +67,8 @@ def test_sad_share_and_step_checks():
       sl.check_sad_step(s, bad)
   with pytest.raises(ValueError):
     sl.sad_step_from_share(s, 0.0)
-  assert sad.sad_cost(4, 4, 16) == pytest.approx((16 + 12) / 64)
+  # 4 candidates x 3 steps + step 0 once + 12 steps of the winner, of 4 x 16 passes.
+  assert sad.sad_cost(4, 4, 16) == pytest.approx((12 + 1 + 12) / 64)
 
 
 # ----------------------------------------------- loop logic with a fake model
@@ -220,6 +221,32 @@ def test_sad_winner_is_argmax_of_its_own_scores(setup):
   w = out["candidate_tokens"][np.arange(2), out["winner"]]
   dec = np.abs(w).max(-1) > 0
   np.testing.assert_allclose(out["tokens"][dec], w[dec], atol=0)
+
+
+@pytest.mark.slow
+def test_shared_first_step_equals_computing_every_candidate(setup):
+  """SAD's step 0 runs the encoder and decoder once per prompt (its K candidates are still
+  identical): the same tokens and hook outputs as running all K*P rows."""
+  s, v, k = setup.s, setup.v, 3
+  dec = mar.MarDecoder(setup.model, s.options({}))
+  batch, temp, cfg = s._inputs(PROMPTS, {})
+  pc = mar.prompt_cond(s.fns, v, {}, batch, setup.text.empty, dec.opts.guided)
+  cond = mar.expand_cond(pc, dec.opts.guided, repeat=k)
+  state = mar.init_state(jax.random.key(4), len(PROMPTS), dec.L, dec.C, repeat=k)
+
+  def go(shared):
+    hook = lambda c, step, hidden, valid: c.at[step].set((hidden * valid[..., None]).sum((1, 2)))
+    carry = jnp.zeros((2, len(PROMPTS) * k))
+    return jax.jit(lambda st: dec.run(v, st, cond, jax.random.key(9), temp, cfg, 0, 2,
+                                      carry=carry, on_encode=hook, shared_start=shared))(state)
+
+  (a, ha), (b, hb) = go(1), go(k)
+  np.testing.assert_allclose(np.asarray(b.tokens), np.asarray(a.tokens), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(hb), np.asarray(ha), rtol=1e-5, atol=1e-5)
+  tok = np.asarray(b.tokens).reshape(len(PROMPTS), k, dec.L, -1)
+  decoded = np.abs(tok).max(-1) > 0
+  assert decoded.any() and (decoded == decoded[:, :1]).all()      # the same positions
+  assert np.abs(tok - tok[:, :1]).max() > 1e-3                    # but other noise
 
 
 @pytest.mark.slow

@@ -50,16 +50,17 @@ def test_step_flops_equal_the_traced_dots(guided):
   opts = mar.DecodeOptions(16, "3", "linear", guided, 1, 1)
   dec = mar.MarDecoder(model, opts)
   variables = jax.eval_shape(model.init, jax.random.key(0))
-  b, lc, dd = 2, model.spec.cond_len, model.spec.dec_width
+  b, lc, dd = 4, model.spec.cond_len, model.spec.dec_width
   rows = 2 * b if guided else b
   state = jax.eval_shape(lambda: mar.init_state(jax.random.key(0), b, dec.L, dec.C))
   cond = mar.Cond(jax.ShapeDtypeStruct((rows, lc, dd), jnp.float32),
                   jax.ShapeDtypeStruct((rows, lc), bool))
-  for s in (0, 5, 15):
-    fn = lambda v, st, cd: dec.step(v, st, cd, jax.random.key(1), 1.0, dec.tables(3.0), s)
+  for s, shared in ((0, 1), (5, 1), (15, 1), (0, 2), (3, 4)):   # shared: SAD's step 0
+    fn = lambda v, st, cd: dec.step(v, st, cd, jax.random.key(1), 1.0, dec.tables(3.0), s,
+                                    shared=shared)
     traced = dot_flops(jax.make_jaxpr(fn)(variables, state, cond).jaxpr)
-    want = sum(bs.step_flops(dec, b, s).values())
-    assert traced == pytest.approx(want, rel=1e-9), s
+    want = sum(bs.step_flops(dec, b, s, shared=shared).values())
+    assert traced == pytest.approx(want, rel=1e-9), (s, shared)
 
 
 def test_sad_and_best_of_k_totals_compose_from_steps():
@@ -72,9 +73,10 @@ def test_sad_and_best_of_k_totals_compose_from_steps():
   plain = bs.analytic_flops(dec, "plain", p, k, t)
   sad = bs.analytic_flops(dec, "sad", p, k, t)
   bok = bs.analytic_flops(dec, "best_of_k", p, k, t)
-  # Decoder work is per image-step: SAD runs K*T + (N - T) of them per prompt, best-of-K K*N.
+  # Decoder work is per image-step: SAD runs K*(T-1) + 1 + (N - T) of them per prompt
+  # (step 0 once per prompt: its candidates are still identical), best-of-K K*N.
   n = dec.opts.num_steps
-  assert sad["decoder"] == pytest.approx(plain["decoder"] * (k * t + n - t) / n)
+  assert sad["decoder"] == pytest.approx(plain["decoder"] * (k * (t - 1) + 1 + n - t) / n)
   assert bok["decoder"] == pytest.approx(plain["decoder"] * k)
   assert bok["head"] > k * plain["head"] * 0.99 and sad["head"] < bok["head"]
   for d in (plain, sad, bok):

@@ -160,18 +160,28 @@ class MarDecoder:
                 cfg=scale.astype(jnp.float32))
 
   def step(self, variables, state: DecodeState, cond: Cond, rng, temperature, tab, s,
-           on_encode: Optional[Callable] = None) -> DecodeState:
-    """Decoding step s (traced int32) for B images; see the module docstring."""
+           on_encode: Optional[Callable] = None, shared: int = 1) -> DecodeState:
+    """Decoding step s (traced int32) for B images; see the module docstring.
+
+    shared > 1: the rows come in groups of `shared` identical states and conditions (SAD's
+    candidates of one prompt before their first step): the encoder and the decoder run on
+    the first row of each group and z is repeated, so the group's rows differ only by the
+    head's noise, as when every row is computed."""
     m, L = self.model, self.L
     b = state.tokens.shape[0]
-    visible = visible_mask(state, tab["masked_before"][s])
-    hidden, valid = self.encode(variables, state.tokens, visible, tab["visible"][s])
+    one = state if shared == 1 else jax.tree.map(lambda a: a[::shared], state)
+    visible = visible_mask(one, tab["masked_before"][s])
+    hidden, valid = self.encode(variables, one.tokens, visible, tab["visible"][s])
     if on_encode is not None:
-      on_encode(s, hidden, valid)
+      rep = lambda a: a if shared == 1 else jnp.repeat(a, shared, axis=0)
+      on_encode(s, rep(hidden), rep(valid))
     if self.opts.guided:   # [cond rows; uncond rows] share the encoder output
       hidden = jnp.concatenate([hidden, hidden], axis=0)
       valid = jnp.concatenate([valid, valid], axis=0)
-    z = m.decode(variables, hidden, valid, cond.ctx, cond.mask)          # [R, L, Ddec]
+    ctx, ctx_mask = cond if shared == 1 else (cond.ctx[::shared], cond.mask[::shared])
+    z = m.decode(variables, hidden, valid, ctx, ctx_mask)                # [R, L, Ddec]
+    if shared > 1:   # [cond groups; uncond groups] -> every row (rows are group-major)
+      z = jnp.repeat(z, shared, axis=0)
     first, count = tab["masked_after"][s], tab["revealed"][s]
     key = step_key(rng, s)
     cfg_s = tab["cfg"][s] if self.opts.guided else None
@@ -195,29 +205,39 @@ class MarDecoder:
     return state._replace(tokens=tokens)
 
   def run(self, variables, state: DecodeState, cond: Cond, rng, temperature, cfg,
-          start: int, stop: int, carry=None, on_encode: Optional[Callable] = None):
+          start: int, stop: int, carry=None, on_encode: Optional[Callable] = None,
+          shared_start: int = 1):
     """Steps [start, stop) as one `lax.fori_loop` over preallocated state.
 
     Without `carry`, returns the new state. With `carry` (any pytree, e.g. a preallocated
     [steps, B] score array) the body calls `on_encode(carry, s, hidden, valid) -> carry`
     right after the encoder of step s, and the loop returns (state, carry).
+    shared_start > 1: at `start` the rows are groups of that many identical states (see
+    `step`); that step runs once per group before the loop.
     """
     tab = self.tables(cfg)
-    if carry is None:
-      body = lambda s, st: self.step(variables, st, cond, rng, temperature, tab, s)
-      return jax.lax.fori_loop(start, stop, body, state)
 
-    def body(s, sc):
-      st, c = sc
-      box = [c]   # the hook runs inside this trace; box carries its result out
+    def make_body(shared):
+      if carry is None:
+        return lambda s, st: self.step(variables, st, cond, rng, temperature, tab, s,
+                                       shared=shared)
 
-      def hook(step, hidden, valid):
-        box[0] = on_encode(box[0], step, hidden, valid)
+      def body(s, sc):
+        st, c = sc
+        box = [c]   # the hook runs inside this trace; box carries its result out
 
-      st = self.step(variables, st, cond, rng, temperature, tab, s, hook)
-      return st, box[0]
+        def hook(step, hidden, valid):
+          box[0] = on_encode(box[0], step, hidden, valid)
 
-    return jax.lax.fori_loop(start, stop, body, (state, carry))
+        st = self.step(variables, st, cond, rng, temperature, tab, s, hook, shared=shared)
+        return st, box[0]
+      return body
+
+    out = state if carry is None else (state, carry)
+    if shared_start > 1 and stop > start:
+      out = make_body(shared_start)(start, out)
+      start += 1
+    return jax.lax.fori_loop(start, stop, make_body(1), out)
 
 
 # ---------------------------------------------------------------- conditions

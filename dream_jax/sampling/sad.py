@@ -9,7 +9,10 @@ contrastive image projection runs with BatchNorm running statistics, and the sco
 cosine with the prompt's CLIP-tower text embedding. The argmax candidate of each prompt is
 gathered (tokens, order) and the remaining N - T steps run at batch P, not K*P.
 Transformer passes: K*T + (N - T) image-passes against K*N for best-of-K, plus one encoder
-pass over the K*P candidates for the score (no decoder). Both phases are loops in ONE jitted
+pass over the K*P candidates for the score (no decoder). Before step 0 the K candidates of
+a prompt are identical (no token decoded, one order, one text), so step 0's encoder and
+decoder run once per prompt and only the head samples K*P rows (`MarDecoder.run`'s
+`shared_start`): K*(T-1) + N - T + 1 decoder passes. Both phases are loops in ONE jitted
 program; the selection is a device-side gather.
 
   critic='final' (paper): the score after T steps.
@@ -68,9 +71,10 @@ def decode_sad(decoder: mar.MarDecoder, fns: mar.TextFns, variables, frozen, bat
       return traj.at[s].set(decoder.score(variables, hidden, valid, text_k))
     traj0 = jnp.zeros((t, p * k), jnp.float32)
     state, traj = decoder.run(variables, state, cond_k, rng, temperature, cfg, 0, t,
-                              carry=traj0, on_encode=on_encode)
+                              carry=traj0, on_encode=on_encode, shared_start=k)
   else:
-    state = decoder.run(variables, state, cond_k, rng, temperature, cfg, 0, t)
+    state = decoder.run(variables, state, cond_k, rng, temperature, cfg, 0, t,
+                        shared_start=k)
 
   # Score the partial candidates: decoded tokens only, exact static visible count.
   n_vis = int(sch.seq_len - sch.masked_after[t - 1])
@@ -135,9 +139,10 @@ def decode_best_of_k(decoder: mar.MarDecoder, fns: mar.TextFns, variables, froze
 
 
 def sad_cost(num_candidates: int, sad_step: int, num_steps: int) -> float:
-  """SAD transformer passes relative to best-of-K: (K*T + N - T) / (K*N)."""
+  """SAD decoder passes relative to best-of-K: (K*(T-1) + 1 + N - T) / (K*N) (step 0 runs
+  once per prompt: its K candidates are still identical)."""
   k, t, n = num_candidates, sad_step, num_steps
-  return (k * t + n - t) / (k * n)
+  return (k * (t - 1) + 1 + n - t) / (k * n)
 
 
 def pick(scores) -> np.ndarray:
