@@ -14,9 +14,11 @@ length or masks attention at full length (see models/dream.py for the cost of ea
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import ndtr, ndtri
 
 
@@ -30,6 +32,20 @@ def random_orders(rng, batch: int, seq_len: int):
 def num_masked(ratio, seq_len: int):
   """ceil(L * r) as int32 (the reference's rule), for scalar or [B] ratios."""
   return jnp.ceil(jnp.asarray(ratio, jnp.float32) * seq_len).astype(jnp.int32)
+
+
+def static_visible_count(cfg, seq_len: int) -> Optional[int]:
+  """The visible count of EVERY sample when the config fixes it (kind 'fixed' or 'none'),
+  else None. `num_masked`'s float32 rule, evaluated on the host: the encoder can then run
+  at this static length and the diffusion loss at this many rows per sample, with no
+  bucket switch (whose gradient keeps every branch's residuals and zero-fills the ones not
+  taken)."""
+  if cfg.kind == "none":
+    return seq_len
+  if cfg.kind != "fixed":
+    return None
+  masked = int(np.ceil(np.float32(cfg.fixed_ratio) * np.float32(seq_len)))
+  return seq_len - masked
 
 
 def mask_from_orders(orders, n_masked):

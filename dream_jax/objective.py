@@ -57,7 +57,10 @@ class DreamObjective:
     b, l, _ = tokens.shape
     m = masking.sample_masks(k["mask"], b, l, mask_center, cfg.masking)
     mask = m["mask"]
-    enc = model.encode_image(variables, tokens, ~mask, train=True, rng=k["dropout_enc"])
+    # A fixed mask ratio fixes every sample's visible count: static lengths, no buckets.
+    n_vis = masking.static_visible_count(cfg.masking, l)
+    enc = model.encode_image(variables, tokens, ~mask, train=True, rng=k["dropout_enc"],
+                             num_keep=None if model.encoder_path == "masked" else n_vis)
     metrics = dict(mask_center=jnp.asarray(mask_center, jnp.float32),
                    mask_ratio=mask.mean(dtype=jnp.float32))
     total = jnp.zeros((), jnp.float32)
@@ -87,7 +90,8 @@ class DreamObjective:
                                                      lc.diff_min_mask_ratio)
       if "valid" in batch:
         weights = weights * batch["valid"][:, None]
-      l_diff, _ = model.diffusion_loss(variables, z, tokens, weights, k["diffusion"])
+      l_diff, _ = model.diffusion_loss(variables, z, tokens, weights, k["diffusion"],
+                                       max_per_sample=None if n_vis is None else l - n_vis)
       total = total + lc.w_diffusion * l_diff
       if lc.w_token_regression > 0:
         l_reg, _ = model.token_regression_loss(variables, z, tokens, weights)

@@ -57,6 +57,50 @@ def test_exact_mask_counts_and_groups():
     assert sorted(orders[b]) == list(range(64))
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.3, 1 / 3, 0.5, 0.7, 0.95, 1.0])
+@pytest.mark.parametrize("seq_len", [7, 37, 64, 256])
+def test_static_visible_count_is_every_masks_count(ratio, seq_len):
+  cfg = ConfigDict(dict(kind="fixed", fixed_ratio=ratio, group_size=2))
+  m = masking.sample_masks(jax.random.key(0), 4, seq_len, 0.0, cfg)
+  visible = seq_len - np.asarray(m["mask"]).sum(1)
+  np.testing.assert_array_equal(visible, masking.static_visible_count(cfg, seq_len))
+  none = ConfigDict(dict(kind="none", group_size=2))
+  assert masking.static_visible_count(none, seq_len) == seq_len
+  varying = ConfigDict(dict(kind="truncnorm", std=0.25, min=0.0, max=1.0, group_size=2))
+  assert masking.static_visible_count(varying, seq_len) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratio", [0.5, 0.75])
+def test_fixed_ratio_static_lengths_equal_the_bucket_switch(ratio, monkeypatch):
+  """With a fixed mask ratio the objective runs the encoder and the diffusion head at static
+  lengths; loss, metrics and gradients equal those of the bucketed (lax.switch) path."""
+  from dream_jax import objective
+  from dream_jax.train.components import build_model
+  cfg = tiny_config()
+  cfg.masking.update(kind="fixed", fixed_ratio=ratio)
+  cfg.model.update(encoder_buckets=4, diffusion_buckets=4)
+  model = build_model(cfg)
+  v = model.init(jax.random.key(0))
+  obj, batch = _objective_and_batch(cfg, model)
+  f = jax.jit(jax.value_and_grad(
+      lambda p: obj(p, v["batch_stats"], {}, batch, jax.random.key(2), 0.0), has_aux=True))
+  (l_static, (_, m_static)), g_static = f(v["params"])
+  text = f.lower(v["params"]).as_text()
+  monkeypatch.setattr(objective.masking, "static_visible_count", lambda *a: None)
+  f2 = jax.jit(jax.value_and_grad(
+      lambda p: obj(p, v["batch_stats"], {}, batch, jax.random.key(2), 0.0), has_aux=True))
+  (l_sw, (_, m_sw)), g_sw = f2(v["params"])
+  # The text tower's prefix switch stays (end-of-text positions are data); the encoder's
+  # and the head's (forward and backward) are gone.
+  cases = lambda t: t.count("stablehlo.case")
+  assert cases(f2.lower(v["params"]).as_text()) >= cases(text) + 4
+  np.testing.assert_allclose(l_static, l_sw, rtol=1e-6)
+  np.testing.assert_allclose(m_static["loss_diffusion"], m_sw["loss_diffusion"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_static), jax.tree.leaves(g_sw)):
+    np.testing.assert_allclose(a, b, atol=1e-7, rtol=1e-5)
+
+
 @pytest.mark.parametrize("center", [0.0, 0.3, 0.5, 1.0])
 def test_truncated_normal_moments(center):
   x = masking.truncated_normal(jax.random.key(1), (200_000,), center, 0.45, 0.0, 1.0)

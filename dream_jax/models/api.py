@@ -200,12 +200,13 @@ class DreamModel:
   def diffusion_net(self, variables, x, t, z, z_embedded=False):
     return self._apply(variables, x, t, z, z_embedded, method=DREAM.diffusion_net)
 
-  def diffusion_loss(self, variables, z, target, weights, rng):
+  def diffusion_loss(self, variables, z, target, weights, rng, max_per_sample=None):
     """`DiffLoss.loss` with this model's head: (sum(weights * per-token loss), per_token
     [B, L]); z [B, L, Ddec], target [B, L, C], weights [B, L] f32, rng the 'diffusion'
-    stream (models/diffloss.py)."""
+    stream, max_per_sample an optional static bound on each sample's count of weight > 0
+    tokens (models/diffloss.py)."""
     head = functools.partial(self.diffusion_net, variables)
-    return self.diffloss.loss(head, z, target, weights, rng)
+    return self.diffloss.loss(head, z, target, weights, rng, max_per_sample)
 
   def token_regression_loss(self, variables, z, target, weights):
     """sum(weights * per-token MSE of the linear readout of z) (loss.w_token_regression).

@@ -92,7 +92,8 @@ class DiffLoss:
       self._sample_chains[key] = self._chain(key)
     return self._sample_chains[key]
 
-  def loss(self, head_apply: HeadApply, z: Array, target: Array, weights: Array, rng: Array):
+  def loss(self, head_apply: HeadApply, z: Array, target: Array, weights: Array, rng: Array,
+           max_per_sample: Optional[int] = None):
     """Weighted diffusion loss computed ONLY on tokens with weight > 0.
 
     t and noise are drawn for every (token, draw) at full shape and the counting rows are
@@ -102,6 +103,8 @@ class DiffLoss:
     Args:
       z: [B, L, Dz] decoder conditions; target: [B, L, C] clean tokens;
       weights: [B, L] f32 (e.g. masked * gate / count); rng: the 'diffusion' stream.
+      max_per_sample: a static bound on every sample's count of weight > 0 tokens (a fixed
+        mask ratio): the head then runs on that many rows per sample, with no bucket switch.
     Returns:
       (sum(weights * per_token_loss), per_token_loss [B, L] (mean over the `batch_mul`
       draws; 0 where weight == 0)).
@@ -145,8 +148,11 @@ class DiffLoss:
       per_row = jnp.where(rw > 0, terms["loss"].reshape(g, mul, k).mean(1), 0.0)
       return (rw * per_row).sum(), jnp.pad(per_row, ((0, 0), (0, ng - k)))
 
-    sizes = bucket_sizes(ng, self.buckets)
-    loss, per_sorted = bucketed((w > 0).sum(1).max(), sizes, run, ws, zs, xs, ts, ns)
+    if max_per_sample is not None:
+      loss, per_sorted = run(max(1, min(ng, (b // g) * int(max_per_sample))), ws, zs, xs, ts, ns)
+    else:
+      sizes = bucket_sizes(ng, self.buckets)
+      loss, per_sorted = bucketed((w > 0).sum(1).max(), sizes, run, ws, zs, xs, ts, ns)
     per_tok = permute_rows(per_sorted[..., None], inv, rows)[..., 0]  # back to row order
     return loss, per_tok.reshape(b, l)
 
