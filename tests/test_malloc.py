@@ -66,3 +66,17 @@ def test_reexec_runs_the_same_command_once_with_the_environment(tmp_path):
   out = subprocess.run([sys.executable, str(script)], env=env, text=True,
                        capture_output=True, check=True).stdout.splitlines()
   assert out == ["start - []", "run - False"]
+
+
+def test_release_free_memory_calls_the_loaded_allocator(tmp_path):
+  script = tmp_path / "release.py"
+  script.write_text(f"import sys; sys.path.insert(0, {ROOT!r})\n"
+                    "from dream_jax.utils import malloc\n"
+                    "print(malloc.release_free_memory())\n")
+  env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+  run = lambda e: subprocess.run([sys.executable, str(script)], env=e, text=True,
+                                 capture_output=True, check=True).stdout.strip()
+  assert run(env) == ("glibc" if sys.platform == "linux" else "")
+  kind, path = malloc.find_malloc()
+  if kind == "tcmalloc":
+    assert run(dict(env, LD_PRELOAD=path)) == "tcmalloc"

@@ -80,3 +80,27 @@ def reexec_with_tuned_malloc() -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable] + argv[1:], env)
+
+
+def release_free_memory() -> str:
+  """Hands the allocator's cached free pages back to the OS, once (e.g. after a compile,
+  whose transient memory the steps never reuse, so that a second process on the same host
+  is not pushed into swap). Returns what was called: 'tcmalloc'
+  (MallocExtension_ReleaseFreeMemory), 'glibc' (malloc_trim(0)) or '' (neither found;
+  jemalloc returns its pages by its own decay)."""
+  import ctypes
+  try:
+    lib = ctypes.CDLL(None)
+  except OSError:
+    return ""
+  fn = getattr(lib, "MallocExtension_ReleaseFreeMemory", None)
+  if fn is not None:
+    fn()
+    return "tcmalloc"
+  if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+    return ""
+  trim = getattr(lib, "malloc_trim", None)
+  if trim is not None:
+    trim(0)
+    return "glibc"
+  return ""
