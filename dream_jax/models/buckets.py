@@ -10,8 +10,7 @@ Everything that does not depend on the size stays OUTSIDE the branches: the part
 gather of the rows into that order and the gather back (by the inverse permutation).
 Inside `lax.switch` every branch is a separate program that XLA compiles (and, in the
 backward pass, differentiates) on its own, so whatever a branch holds is paid once per
-bucket; a branch here holds only the layers that run on
-its k rows.
+bucket; a branch here holds only the layers that run on its k rows.
 
 The partition is computed without a sort (`partition`): each row's slot is a prefix count, and
 the gather's gradient is the gather by the inverse permutation (`permute_rows`), not a

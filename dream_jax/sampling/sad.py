@@ -8,12 +8,12 @@ by the model itself, exactly as in training: the encoder sees the decoded tokens
 contrastive image projection runs with BatchNorm running statistics, and the score is the
 cosine with the prompt's CLIP-tower text embedding. The argmax candidate of each prompt is
 gathered (tokens, order) and the remaining N - T steps run at batch P, not K*P.
-Transformer passes: K*T + (N - T) image-passes against K*N for best-of-K, plus one encoder
-pass over the K*P candidates for the score (no decoder). Before step 0 the K candidates of
-a prompt are identical (no token decoded, one order, one text), so step 0's encoder and
-decoder run once per prompt and only the head samples K*P rows (`MarDecoder.run`'s
-`shared_start`): K*(T-1) + N - T + 1 decoder passes. Both phases are loops in ONE jitted
-program; the selection is a device-side gather.
+Before step 0 the K candidates of a prompt are identical (no token decoded, one order, one
+text), so step 0's encoder and decoder run once per prompt and only the head samples K*P rows
+(`MarDecoder.run`'s `shared_start`). Transformer passes per prompt: K*(T-1) + 1 + (N - T)
+against K*N for best-of-K (`sad_cost`), plus one encoder pass over the K*P candidates for
+the score (no decoder). Both phases are loops in ONE jitted program; the selection is a
+device-side gather.
 
   critic='final' (paper): the score after T steps.
   critic='mean' (per-step variant): the mean of the scores after 1..T steps. The encoder
