@@ -136,19 +136,36 @@ def encoder_flops(dec, visible: int) -> int:
       m.buffer_size + n, m.width, m.mlp_dim)
 
 
+def decoder_flops(dec, rows: int) -> dict:
+  """Matmul FLOPs of one image's decoder call in a decoding step, as `DREAM.decode` runs it
+  for `rows` conditions per image (2 under CFG) and z at the largest revealed count n of any
+  step: the input embedding and block 0's self-attention once per image, every other part
+  per row, the last block's outputs only at n slots (its qkv still on every slot: keys and
+  values). 'ctx_kv' is the cross-attention's key/value projection of the text, which the
+  traced step computes but XLA hoists out of the step loop (once per program)."""
+  m = dec.model.spec
+  S, d, mlp, lc = m.buffer_size + m.seq_len, m.dec_width, m.dec_mlp_dim, m.cond_len
+  n = int(dec.head_sizes[-1])
+  f = 2 * S * m.width * d                                              # decoder_embed
+  for i in range(m.dec_depth):
+    q = n if i == m.dec_depth - 1 else S                               # query slots
+    self_attn = 2 * S * 3 * d * d + 4 * q * S * d + 2 * q * d * d       # qkv, q.k + p.v, proj
+    rest = 2 * q * 2 * d * d + 2 * q * 2 * d * mlp + 4 * q * lc * d     # cross q, proj; MLP
+    f += (1 if i == 0 else rows) * self_attn + rows * rest
+  return dict(decoder=f, ctx_kv=rows * m.dec_depth * 2 * lc * 2 * d * d)
+
+
 def step_flops(dec, images: int, s: int, shared: int = 1) -> dict:
   """Matmul FLOPs of decoding step s for `images` images, by part (as `MarDecoder.step`
-  runs it: buckets included, encoder once per image, decoder and head on 2 rows per image
-  under CFG, `num_diffusion_steps` head evaluations per step; with `shared` > 1 the encoder
-  and decoder run on one image of every `shared`, the head on all of them)."""
+  runs it: buckets included, encoder and decoder once per image (`decoder_flops`), head on
+  2 rows per image under CFG, `num_diffusion_steps` head evaluations per step; with
+  `shared` > 1 the encoder and decoder run on one image of every `shared`, the head on all
+  of them). 'ctx_kv' (see `decoder_flops`) is what the traced step holds but XLA hoists."""
   from dream_jax.sampling import schedule as sl
-  from dream_jax.tools.aot import block_flops, head_eval_flops
+  from dream_jax.tools.aot import head_eval_flops
   m, sch = dec.model.spec, dec.schedule
   rows = 2 if dec.opts.guided else 1
-  L, C = m.seq_len, m.token_dim
-  S, dd = m.buffer_size + L, m.dec_width
-  dec_f = 2 * S * m.width * dd + m.dec_depth * block_flops(S, dd, m.dec_mlp_dim, ctx=m.cond_len,
-                                                           ctx_width=dd)
+  C, dd = m.token_dim, m.dec_width
   w = m.diff_width
   per_eval = head_eval_flops(C, w, m.diff_depth)
   n_head = int(sl.rounded_up(np.asarray([int(sch.revealed[s])]), dec.head_sizes)[0])
@@ -156,25 +173,33 @@ def step_flops(dec, images: int, s: int, shared: int = 1) -> dict:
   head = rows * n_head * (2 * dd * w + n_diff * per_eval)       # cond_embed once, then the chain
   t_emb = n_diff * 2 * (256 * w + w * w)       # time embedding: one row per diffusion step
   once = images // shared
+  dec_f = decoder_flops(dec, rows)
   return dict(encoder=once * encoder_flops(dec, int(sch.visible[s])),
-              decoder=once * rows * dec_f, head=images * head + t_emb)
+              decoder=once * dec_f["decoder"], ctx_kv=once * dec_f["ctx_kv"],
+              head=images * head + t_emb)
 
 
 def analytic_flops(dec, mode: str, prompts: int, k: int, t: int) -> dict:
   """Matmul FLOPs of one decode of `mode` (plain | sad | best_of_k), by part and 'total'.
   The text side (aligner, CLIP tower, SAD's projection MLP) is a few prompts' worth and
-  left out; SAD's scoring encoder pass and best-of-K's full-image rerank are counted."""
+  left out; SAD's scoring encoder pass and best-of-K's full-image rerank are counted, and
+  the text's cross-attention keys/values once per program phase (hoisted out of the loops:
+  'ctx_kv' of `step_flops` is not summed per step)."""
   n, sch = dec.opts.num_steps, dec.schedule
+  kv = decoder_flops(dec, 2 if dec.opts.guided else 1)["ctx_kv"]
   if mode == "plain":
-    parts = [step_flops(dec, prompts, s) for s in range(n)]
+    parts = [step_flops(dec, prompts, s) for s in range(n)] + [dict(decoder=prompts * kv)]
   elif mode == "sad":
     parts = [step_flops(dec, prompts * k, s, shared=k if s == 0 else 1) for s in range(t)]
     parts += [step_flops(dec, prompts, s) for s in range(t, n)]
     scored = int(sch.seq_len - sch.masked_after[t - 1])       # decoded when scored
     parts.append(dict(encoder=prompts * k * encoder_flops(dec, scored)))
+    phases = prompts * (k > 1) + prompts * k * (t > 1) + prompts * (t < n)
+    parts.append(dict(decoder=phases * kv))
   elif mode == "best_of_k":
     parts = [step_flops(dec, prompts * k, s) for s in range(n)]
-    parts.append(dict(encoder=prompts * k * encoder_flops(dec, sch.seq_len)))
+    parts.append(dict(encoder=prompts * k * encoder_flops(dec, sch.seq_len),
+                      decoder=prompts * k * kv))
   else:
     raise ValueError(f"unknown mode {mode!r}")
   out = {key: float(sum(p.get(key, 0) for p in parts)) for key in ("encoder", "decoder", "head")}

@@ -237,6 +237,39 @@ def test_no_leak_from_masked_tokens(tiny, path):
                                 np.asarray(model.decode(v, h2, val, ctx)))
 
 
+@pytest.mark.parametrize("layout", ["unrolled", "remat", "scanned"])
+def test_decode_condition_rows_and_positions_equal_the_full_decoder(layout):
+  """The sampler's decoder call: B images with g = 2 conditions each (CFG) and z only at
+  some positions. Reference: the training call, every row given its own copy of the
+  image's encoder output and all L positions decoded, then the rows picked in numpy."""
+  from dream_jax.train.components import build_model
+  kw = dict(remat="full") if layout == "remat" else {}
+  if layout == "scanned":
+    kw["scan_layers"] = True
+  model = build_model(tiny_config(dec_depth=3, **kw))
+  v = model.init(jax.random.key(1))
+  b, s = 3, model.spec
+  tokens, visible = _inputs(model, b=b)
+  hidden, valid = model.encode_tokens(v, tokens, visible, num_keep=s.seq_len)
+  ids = jax.random.randint(jax.random.key(2), (2 * b, 16), 0, 100)
+  cmask = jnp.arange(16)[None] < jnp.array([16, 9, 4, 1, 16, 7])[:, None]
+  ctx = model.condition(v, dict(ids=ids, mask=cmask))                    # [2B, Lc, D]
+  two = lambda a: jnp.concatenate([a, a], axis=0)
+  full = np.asarray(model.decode(v, two(hidden), two(valid), ctx, cmask))  # [2B, L, D]
+  pos = np.stack([np.random.default_rng(i).choice(s.seq_len, 5, replace=False)
+                  for i in range(b)]).astype(np.int32)
+  pos[0, -1] = pos[0, -2]                                              # a repeated position
+  got = np.asarray(model.decode(v, hidden, valid, ctx, cmask, positions=jnp.asarray(pos)))
+  want = full[np.arange(2 * b)[:, None], np.concatenate([pos, pos])]
+  assert got.shape == (2 * b, 5, s.dec_width)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # Without positions: every token, the same as the row-per-condition call.
+  np.testing.assert_allclose(np.asarray(model.decode(v, hidden, valid, ctx, cmask)), full,
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="not a multiple"):
+    model.decode(v, hidden[:2], valid[:2], ctx[:3], cmask[:3])
+
+
 def test_diffusion_head_only_on_counting_tokens_is_exact():
   """Bucketed head on counting rows == head on every row then masked: loss AND grads."""
   from dream_jax.train.components import build_model

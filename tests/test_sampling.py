@@ -93,9 +93,13 @@ class _CountingModel:
       keep = full(-1 if num_keep is None else num_keep, visible)
     return jnp.stack([tokens[..., 1], visible.astype(jnp.float32), keep], -1), visible
 
-  def decode(self, variables, hidden, valid, ctx, mask):
+  def decode(self, variables, hidden, valid, ctx, mask, positions=None):
+    # DreamModel.decode's contract: ctx rows = g conditions per image, z at `positions`.
     vis = jnp.broadcast_to(hidden[..., 1].sum(1, keepdims=True), hidden.shape[:2])
-    return jnp.stack([vis, hidden[..., 0] + 1.0, hidden[..., 2]], -1)
+    z = jnp.stack([vis, hidden[..., 0] + 1.0, hidden[..., 2]], -1)
+    if positions is not None:
+      z = jnp.take_along_axis(z, positions[..., None], axis=1)
+    return jnp.concatenate([z] * (ctx.shape[0] // hidden.shape[0]), axis=0)
 
   def diffusion_sample(self, variables, z, rng, *, temperature, cfg_scale, num_steps):
     return z[: z.shape[0] // 2] if cfg_scale is not None else z

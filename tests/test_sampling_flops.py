@@ -75,8 +75,13 @@ def test_sad_and_best_of_k_totals_compose_from_steps():
   bok = bs.analytic_flops(dec, "best_of_k", p, k, t)
   # Decoder work is per image-step: SAD runs K*(T-1) + 1 + (N - T) of them per prompt
   # (step 0 once per prompt: its candidates are still identical), best-of-K K*N.
+  # The text's keys/values are computed once per program phase (XLA hoists them out of the
+  # loops): plain 1 (P rows), SAD 3 (the shared step: P, candidates: K*P, winners: P).
   n = dec.opts.num_steps
-  assert sad["decoder"] == pytest.approx(plain["decoder"] * (k * (t - 1) + 1 + n - t) / n)
+  kv = bs.decoder_flops(dec, 2)["ctx_kv"]
+  assert kv > 0
+  assert sad["decoder"] - (2 + k) * p * kv == pytest.approx(
+      (plain["decoder"] - p * kv) * (k * (t - 1) + 1 + n - t) / n)
   assert bok["decoder"] == pytest.approx(plain["decoder"] * k)
   assert bok["head"] > k * plain["head"] * 0.99 and sad["head"] < bok["head"]
   for d in (plain, sad, bok):

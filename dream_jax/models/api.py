@@ -21,7 +21,9 @@ Calls (B batch, L image tokens, C token dim, S = buffer + L, E embed dim, Lc con
       cond = {'features': [B,Lc,Dc], 'mask': [B,Lc] bool}   (frozen t5 / minilm features)
            | {'ids': [B,Lc] int32, 'mask': [B,Lc] bool}     ('small' trainable encoder)
            | {'mask': ...} with text_feats                  ('clip_tower')
-  decode(variables, enc: ImageEncoding, ctx, ctx_mask, *, train, rng) -> z [B,L,Ddec] f32
+  decode(variables, hidden, valid, ctx [R,Lc,Ddec], ctx_mask, *, train, rng, positions=None)
+      -> z [R,L,Ddec] f32   (R = g*B: g conditions per image, e.g. CFG's [cond; uncond];
+                             positions [B,n] int32 -> z [R,n,Ddec] at those tokens only)
   diffusion_loss(variables, z [B,L,Ddec], target [B,L,C], weights [B,L] f32, rng)
       -> (loss scalar, per_token [B,L])   loss = sum(weights * per-token loss averaged over
                                            `diffusion_batch_mul` (t, noise) draws)
@@ -184,11 +186,17 @@ class DreamModel:
     return self._apply(variables, method=DREAM.condition, rng=rng, deterministic=not train,
                        **kw)
 
-  def decode(self, variables, hidden, valid, ctx, ctx_mask=None, *, train=False, rng=None):
-    """z [B,L,Ddec] f32. `ctx_mask` is applied only with model.mask_text_padding."""
+  def decode(self, variables, hidden, valid, ctx, ctx_mask=None, *, train=False, rng=None,
+             positions=None):
+    """z [R,L,Ddec] f32 (`DREAM.decode`): ctx may hold g = R / B conditions per image
+    (CFG: [cond rows; uncond rows]); `positions` [B,n] int32 gives z [R,n,Ddec] at those
+    token positions only. `ctx_mask` is applied only with model.mask_text_padding."""
+    if ctx.shape[0] % hidden.shape[0]:
+      raise ValueError(f"decode: ctx has {ctx.shape[0]} rows, not a multiple of the "
+                       f"{hidden.shape[0]} images")
     m = ctx_mask if self.mask_text_padding else None
-    return self._apply(variables, hidden, valid, ctx, m, not train, method=DREAM.decode,
-                       rng=rng)
+    return self._apply(variables, hidden, valid, ctx, m, not train, positions,
+                       method=DREAM.decode, rng=rng)
 
   def logit_scale(self, variables):
     s = variables["params"]["logit_scale"]

@@ -33,9 +33,11 @@ decoder, pooling and tests never care which path ran:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from dream_jax.models import layers
@@ -379,16 +381,77 @@ class DREAM(nn.Module):
     return self._run(self.text_aligner, x, mask, deterministic)
 
   # ------------------------------------------------------------------ decoder
-  def decode(self, hidden, valid, ctx, ctx_mask=None, deterministic: bool = True):
-    """hidden/valid (position-indexed encoder output), ctx [B, Lc, dec_width] ->
-    z [B, L, dec_width] float32, the per-token condition of the diffusion head."""
+  def decode(self, hidden, valid, ctx, ctx_mask=None, deterministic: bool = True,
+             positions=None):
+    """The per-token condition of the diffusion head.
+
+    Args:
+      hidden, valid: [B, S, D], [B, S] position-indexed encoder output of B images.
+      ctx, ctx_mask: [R, Lc, dec_width], [R, Lc] with R = g * B: g conditions per image,
+        condition-major (row r decodes image r % B; CFG: g = 2, [cond rows; uncond rows]).
+        Every step before the first cross-attention runs once per image.
+      positions: optional [B, n] int32 token positions in [0, L): z only there. The last
+        block then computes only those slots' outputs.
+      g > 1 and `positions` are the sampler's (deterministic) path, `_decode_shared`.
+    Returns:
+      z [R, L, dec_width] float32 (or [R, n, dec_width] with `positions`).
+    """
     s = self.spec
+    b = hidden.shape[0]
+    g = ctx.shape[0] // b
     x = self.decoder_embed(hidden.astype(self._dtype))
     x = jnp.where(valid[..., None], x, self.mask_token.astype(x.dtype))
     x = self.decoder_proj_ln(x + self.decoder_pos_embed.astype(x.dtype))
-    x = self._run(self.decoder_blocks, x, ctx, ctx_mask, deterministic)
-    x = self.decoder_norm(x)[:, s.buffer_size:]
-    return (x + self.diffusion_pos_embed.astype(x.dtype)).astype(jnp.float32)
+    dpos = self.diffusion_pos_embed[0].astype(x.dtype)                     # [L, D]
+    tile = lambda a: a if g == 1 else jnp.concatenate([a] * g, axis=0)
+    if g == 1 and positions is None:          # training and evaluation: every slot, 1:1
+      x = self._run(self.decoder_blocks, x, ctx, ctx_mask, deterministic)
+      x = self.decoder_norm(x[:, s.buffer_size:])
+    else:
+      if not deterministic:
+        raise ValueError("decode with several conditions per image or with `positions` is "
+                         "the sampler's path: it needs deterministic=True")
+      slots = None if positions is None else positions + s.buffer_size
+      x = self._decode_shared(x, ctx, ctx_mask, slots, tile)
+      x = self.decoder_norm(x if slots is not None else x[:, s.buffer_size:])
+    dpos = dpos[None] if positions is None else tile(jnp.take(dpos, positions, axis=0))
+    return (x + dpos).astype(jnp.float32)
+
+  def _decode_shared(self, x, ctx, ctx_mask, slots, tile):
+    """The decoder blocks at inference on x [B, S, D] with ctx [g*B, ...]: block 0 takes
+    the B image rows (its self-attention runs once per image, `DecoderBlock`), the last
+    block computes only `slots` ([B, n] or None). A scanned stack runs as block 0, a
+    `lax.scan` over the middle rows of the stacked parameters, then the last block."""
+    blocks, b = self.decoder_blocks, x.shape[0]
+    if isinstance(blocks, layers.ScannedBlocks):
+      stacked = blocks.variables["params"]["layers"]["block"]
+      one = layers.DecoderBlock(**blocks.kwargs, parent=None)   # applied functionally
+      call = lambda p, h, q=None: one.apply({"params": p}, h, ctx, ctx_mask, True, q)
+      depth = blocks.depth
+      layer = lambda i: functools.partial(call, jax.tree.map(lambda w: w[i], stacked))
+
+      def middle(h):
+        body = lambda h, p: (layers.constrain_batch(call(p, h)), None)
+        return jax.lax.scan(body, h, jax.tree.map(lambda w: w[1:depth - 1], stacked))[0]
+    else:
+      depth = len(blocks)
+      layer = lambda i: lambda h, q=None: blocks[i](h, ctx, ctx_mask, True, queries=q)
+
+      def middle(h):
+        for i in range(1, depth - 1):
+          h = layers.constrain_batch(layer(i)(h))
+        return h
+    queries = lambda h: None if slots is None else (slots if h.shape[0] == b else tile(slots))
+    x = layers.constrain_batch(x)
+    if depth == 0:
+      x = tile(x)
+      return x if slots is None else jnp.take_along_axis(x, tile(slots)[..., None], axis=1)
+    x = layers.constrain_batch(layer(0)(x, queries(x) if depth == 1 else None))
+    if depth > 2:
+      x = middle(x)
+    if depth > 1:
+      x = layers.constrain_batch(layer(depth - 1)(x, queries(x)))
+    return x
 
   # ----------------------------------------------------------- diffusion head
   def diffusion_net(self, x, t, z, z_embedded=False):

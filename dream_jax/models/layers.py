@@ -121,14 +121,21 @@ class SelfAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, key_mask=None, causal=False, *, deterministic: bool = True):
+  def __call__(self, x, key_mask=None, causal=False, *, deterministic: bool = True,
+               queries=None):
+    """x [B, L, D] -> [B, L, D]; with `queries` ([B, n] int32 row indices) only those rows
+    attend (keys and values are still every row) and the output is [B, n, D]."""
     b, l, _ = x.shape
     qkv = dense(3 * self.width, self.dtype, "qkv")(x)
     qkv = qkv.reshape(b, l, 3, self.heads, self.width // self.heads)
+    q = qkv[:, :, 0]
+    if queries is not None:
+      q = jnp.take_along_axis(q, queries[:, :, None, None], axis=1)
+      l = queries.shape[1]
     drop = None
     if self.attn_dropout > 0 and not deterministic:
       drop = Dropout(self.attn_dropout, deterministic=False)
-    out = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], key_mask, causal, drop)
+    out = attention(q, qkv[:, :, 1], qkv[:, :, 2], key_mask, causal, drop)
     out = dense(self.width, self.dtype, "proj")(out.reshape(b, l, self.width))
     return Dropout(self.proj_dropout)(out, deterministic=deterministic)
 
@@ -192,7 +199,15 @@ class Block(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-  """DREAM decoder block: self-attention over all slots -> cross-attention to text -> MLP."""
+  """DREAM decoder block: self-attention over all slots -> cross-attention to text -> MLP.
+
+  x [B, S, D], ctx [R, Lc, D] with R = g * B: g conditions per image (classifier-free
+  guidance: g = 2, [cond rows; uncond rows]). The self-attention does not see the text, so
+  it runs on the B images once and its output is repeated g times before the
+  cross-attention (the same result as g identical rows). `queries` ([B, n] int32 slot
+  indices): only those slots' outputs are computed, [R, n, D] (every slot is still a key and
+  value of the self-attention). Sampling needs z only at the positions it reveals.
+  """
   width: int
   heads: int
   mlp_dim: int
@@ -202,10 +217,20 @@ class DecoderBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, ctx, ctx_mask=None, deterministic: bool = True):
+  def __call__(self, x, ctx, ctx_mask=None, deterministic: bool = True, queries=None):
     args = (self.width, self.heads, self.attn_dropout, self.proj_dropout, self.dtype)
+    g, rest = divmod(ctx.shape[0], x.shape[0])
+    if rest or g < 1:
+      raise ValueError(f"DecoderBlock: the context's {ctx.shape[0]} rows are not a multiple "
+                       f"of the {x.shape[0]} image rows")
     h = layer_norm(self.ln_eps, self.dtype, "norm0")(x)
-    x = x + SelfAttention(*args, name="self_attn")(h, deterministic=deterministic)
+    a = SelfAttention(*args, name="self_attn")(h, deterministic=deterministic,
+                                               queries=queries)
+    if queries is not None:
+      x = jnp.take_along_axis(x, queries[:, :, None], axis=1)
+    x = x + a
+    if g > 1:
+      x = jnp.concatenate([x] * g, axis=0)
     h = layer_norm(self.ln_eps, self.dtype, "norm1")(x)
     x = x + CrossAttention(*args, name="cross_attn")(h, ctx, ctx_mask,
                                                      deterministic=deterministic)

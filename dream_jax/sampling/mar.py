@@ -22,7 +22,11 @@ One step s (all inside the loop body, no host round trip):
      With `model.encoder_path == 'masked'` the full-length attention-masked path runs instead
      (buffer + L tokens at every step, no switch).
   2. decoder on [cond rows; uncond rows] (batch 2B with CFG): the condition of each prompt
-     and the EMPTY caption's condition, both computed once before the loop.
+     and the EMPTY caption's condition, both computed once before the loop. Its text-free
+     part (input embedding, first self-attention) runs once per image, and its last block
+     computes outputs only at the positions this step reveals (the largest revealed count
+     of any step, `n_max`): the head never reads z anywhere else. Same z as the full
+     decoder at those positions (tests/test_sampling.py).
   3. the newly revealed positions are gathered into a static row count per step: the
      revealed count of step s (<= max over steps) rounded up to one of
      `bucket_sizes(max revealed, head_buckets)`; extra rows are computed and dropped. Sampling all
@@ -175,23 +179,23 @@ class MarDecoder:
     if on_encode is not None:
       rep = lambda a: a if shared == 1 else jnp.repeat(a, shared, axis=0)
       on_encode(s, rep(hidden), rep(valid))
-    if self.opts.guided:   # [cond rows; uncond rows] share the encoder output
-      hidden = jnp.concatenate([hidden, hidden], axis=0)
-      valid = jnp.concatenate([valid, valid], axis=0)
+    # z only where this step reveals: the order's ranks [first, first + count), padded to
+    # the largest count (clipped ranks repeat a real position; their rows are dropped).
+    first, count = tab["masked_after"][s], tab["revealed"][s]
+    ranks = jnp.minimum(first + jnp.arange(self.head_sizes[-1]), L - 1)    # [n_max]
     ctx, ctx_mask = cond if shared == 1 else (cond.ctx[::shared], cond.mask[::shared])
-    z = m.decode(variables, hidden, valid, ctx, ctx_mask)                # [R, L, Ddec]
+    # [cond rows; uncond rows] share the encoder output and the decoder's text-free part.
+    z = m.decode(variables, hidden, valid, ctx, ctx_mask,
+                 positions=jnp.take(one.order, ranks, axis=1))           # [R, n_max, Ddec]
     if shared > 1:   # [cond groups; uncond groups] -> every row (rows are group-major)
       z = jnp.repeat(z, shared, axis=0)
-    first, count = tab["masked_after"][s], tab["revealed"][s]
     key = step_key(rng, s)
     cfg_s = tab["cfg"][s] if self.opts.guided else None
 
     def sample(n, tokens, z):
       j = jnp.arange(n)
-      ranks = jnp.minimum(first + j, L - 1)                              # [n]
-      pos = jnp.take(state.order, ranks, axis=1)                         # [B, n]
-      rows_pos = jnp.concatenate([pos, pos], axis=0) if self.opts.guided else pos
-      zr = jnp.take_along_axis(z, rows_pos[..., None], axis=1)           # [R, n, Ddec]
+      pos = jnp.take(state.order, ranks[:n], axis=1)                     # [B, n]
+      zr = z[:, :n]                                                      # [R, n, Ddec]
       x = m.diffusion_sample(variables, zr.reshape(-1, zr.shape[-1]), key,
                              temperature=temperature, cfg_scale=cfg_s,
                              num_steps=self.opts.num_diffusion_steps)    # [B*n, C]
