@@ -14,7 +14,8 @@ XLA:CPU op event, classified with the optimised HLO (`compiled.as_text()`):
   other        anything else (custom calls, rng, sort, ...)
 The wall time not covered by op events on the busiest thread is the runtime share (launch,
 thread-pool hand-offs, Python). Prints the rows with seconds per step and % of the step,
-and the 12 most expensive ops.
+and the 12 most expensive ops, and the op time by model part (encoder / decoder / diffusion
+head / other, from the ops' JAX scope names in the HLO metadata).
 """
 from __future__ import annotations
 
@@ -94,11 +95,33 @@ def classify_hlo(text: str) -> dict[str, str]:
   return out
 
 
-def breakdown(trace_dir: str, classes: dict[str, str], steps: int, wall_s: float) -> dict:
+_OP_NAME = re.compile(r'metadata=\{[^}]*op_name="([^"]*)"')
+PARTS = (("decoder", re.compile(r"DREAM\.decode")),
+         ("encoder", re.compile(r"DREAM\.encode")),
+         # the head's chain: its network and, inside the head-size switch, the chain's noise
+         ("head", re.compile(r"DREAM\.diffusion_net|diffloss|cond/branch_\d+_fun/while")))
+
+
+def parts_from_hlo(text: str) -> dict[str, str]:
+  """instruction name -> model part (decoder | encoder | head | other) from the op_name
+  metadata JAX writes into the optimised HLO (the Flax method scope of each op)."""
+  out = {}
+  for line in text.splitlines():
+    m = _INSTR.match(line)
+    if not m:
+      continue
+    op = _OP_NAME.search(line)
+    name = op.group(1) if op else ""
+    out[m.group(1).lstrip("%")] = next((p for p, rx in PARTS if rx.search(name)), "other")
+  return out
+
+
+def breakdown(trace_dir: str, classes: dict[str, str], steps: int, wall_s: float,
+              parts: dict[str, str] | None = None) -> dict:
   from jax._src.lib import _profile_data
   files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
   data = _profile_data.ProfileData.from_file(sorted(files)[-1])
-  rows, per_op = collections.Counter(), collections.Counter()
+  rows, per_op, by_part = collections.Counter(), collections.Counter(), collections.Counter()
   busiest = 0.0
   for plane in data.planes:
     for line in plane.lines:
@@ -111,10 +134,12 @@ def breakdown(trace_dir: str, classes: dict[str, str], steps: int, wall_s: float
         d = ev.duration_ns * 1e-9
         rows[cls] += d
         per_op[name] += d
+        by_part[(parts or {}).get(name, "other")] += d
         covered += d
       busiest = max(busiest, covered)
   total_ops = sum(rows.values())
   return dict(rows={k: v / steps for k, v in rows.items()}, ops_s=total_ops / steps,
+              parts={k: v / steps for k, v in by_part.items()},
               wall_s=wall_s / steps, busiest_thread_s=busiest / steps,
               top=[(k, v / steps, classes.get(k)) for k, v in per_op.most_common(12)],
               by_class={c: [(k, v / steps) for k, v in per_op.most_common()
@@ -160,7 +185,7 @@ def main(argv=None):
     for _ in range(a.steps):
       run()
     wall = time.perf_counter() - t0
-  b = breakdown(d, classes, a.steps, wall)
+  b = breakdown(d, classes, a.steps, wall, parts_from_hlo(text))
   cores = os.cpu_count()
   print(f"[{a.shapes}] {a.what}: {b['wall_s']:.3f} s wall per step; op time summed over "
         f"threads {b['ops_s']:.3f} s ({cores} cores: {b['ops_s'] / (b['wall_s'] * cores):.0%}"
@@ -170,6 +195,9 @@ def main(argv=None):
     print(f"  {k:12s} {v:8.3f} s  {v / max(b['ops_s'], 1e-9):6.1%} of op time")
   print(f"  {'runtime':12s} {max(b['wall_s'] * cores - b['ops_s'], 0):8.3f} core-s not in ops "
         f"(idle, hand-offs, Python)")
+  print("  by model part (op time): " + "; ".join(
+      f"{k} {b['parts'].get(k, 0.0):.3f} s ({b['parts'].get(k, 0.0) / max(b['ops_s'], 1e-9):.0%})"
+      for k in ("encoder", "decoder", "head", "other")))
   print("  top ops: " + "; ".join(f"{n} {v * 1e3:.0f} ms ({c})" for n, v, c in b["top"]))
   for c, ops in b["by_class"].items():
     print(f"  top {c}: " + "; ".join(f"{n} {v * 1e3:.0f} ms" for n, v in ops))
