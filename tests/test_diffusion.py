@@ -259,6 +259,26 @@ def test_p_sample_noise_rules(fx, gen_diffusion, head_fn, head_params):
       assert np.abs(np.asarray(warm - mean)).min() > 0
 
 
+def test_p_sample_loop_equals_the_step_by_step_chain(fx, head, head_params):
+  """The loop draws every step's noise up front; the chain it must equal, written out in
+  Python: x_T given, then for i = T-1..0 one p_sample with noise normal(fold_in(key, i))."""
+  gen = GaussianDiffusion.create("10")
+  z = _z(fx, "r050")[:6]
+  net_fn = lambda x, t: head.apply(head_params, x, t, z)
+  x_T = jax.random.normal(jax.random.key(4), (6, C))
+  rng = jax.random.key(9)
+  got = jax.jit(gen.p_sample_loop, static_argnums=(0, 1))(net_fn, (6, C), rng, 0.7, x_T)
+  _, step_key = jax.random.split(rng)
+  x = x_T
+  for i in reversed(range(gen.num_timesteps)):
+    t = jnp.full((6,), i, jnp.int32)
+    out = net_fn(x, gen.model_timesteps(t))
+    noise = jax.random.normal(jax.random.fold_in(step_key, i), x.shape, x.dtype)
+    x = gen.p_sample(out, x, t, noise, 0.7)["sample"]
+  # (jit vs eager rounding only; the untrained head drives x to large values)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(x), rtol=5e-5, atol=1e-5)
+
+
 def test_sampling_loop(fx, head, head_params):
   gen100 = GaussianDiffusion.create("100")
   head_apply = functools.partial(head.apply, head_params)
