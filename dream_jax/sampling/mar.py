@@ -26,7 +26,8 @@ One step s (all inside the loop body, no host round trip):
      part (input embedding, first self-attention) runs once per image, and its last block
      computes outputs only at the positions this step reveals (the largest revealed count
      of any step, `n_max`): the head never reads z anywhere else. Same z as the full
-     decoder at those positions (tests/test_sampling.py).
+     decoder at those positions (tests/test_model_core.py,
+     test_decode_condition_rows_and_positions_equal_the_full_decoder).
   3. the newly revealed positions are gathered into a static row count per step: the
      revealed count of step s (<= max over steps) rounded up to one of
      `bucket_sizes(max revealed, head_buckets)`; extra rows are computed and dropped. Sampling all
