@@ -194,7 +194,9 @@ def analytic_flops(dec, mode: str, prompts: int, k: int, t: int) -> dict:
     parts += [step_flops(dec, prompts, s) for s in range(t, n)]
     scored = int(sch.seq_len - sch.masked_after[t - 1])       # decoded when scored
     parts.append(dict(encoder=prompts * k * encoder_flops(dec, scored)))
-    phases = prompts * (k > 1) + prompts * k * (t > 1) + prompts * (t < n)
+    # the shared step 0 (K > 1 only), the candidates' loop (if it has steps), the winners'
+    loop_steps = t - 1 if k > 1 else t
+    phases = prompts * (k > 1) + prompts * k * (loop_steps > 0) + prompts * (t < n)
     parts.append(dict(decoder=phases * kv))
   elif mode == "best_of_k":
     parts = [step_flops(dec, prompts * k, s) for s in range(n)]

@@ -191,9 +191,6 @@ class DreamModel:
     """z [R,L,Ddec] f32 (`DREAM.decode`): ctx may hold g = R / B conditions per image
     (CFG: [cond rows; uncond rows]); `positions` [B,n] int32 gives z [R,n,Ddec] at those
     token positions only. `ctx_mask` is applied only with model.mask_text_padding."""
-    if ctx.shape[0] % hidden.shape[0]:
-      raise ValueError(f"decode: ctx has {ctx.shape[0]} rows, not a multiple of the "
-                       f"{hidden.shape[0]} images")
     m = ctx_mask if self.mask_text_padding else None
     return self._apply(variables, hidden, valid, ctx, m, not train, positions,
                        method=DREAM.decode, rng=rng)

@@ -398,7 +398,10 @@ class DREAM(nn.Module):
     """
     s = self.spec
     b = hidden.shape[0]
-    g = ctx.shape[0] // b
+    g, rest = divmod(ctx.shape[0], b)
+    if rest or g < 1:
+      raise ValueError(f"decode: ctx has {ctx.shape[0]} rows, not a multiple of the {b} "
+                       f"images")
     x = self.decoder_embed(hidden.astype(self._dtype))
     x = jnp.where(valid[..., None], x, self.mask_token.astype(x.dtype))
     x = self.decoder_proj_ln(x + self.decoder_pos_embed.astype(x.dtype))
