@@ -220,9 +220,9 @@ def setup(shapes: str, enc_b=None, head_b=None):
   from dream_jax.sampling import mar, sad
   c = config_for(shapes)
   if enc_b is not None:
-    c.model.encoder_buckets = enc_b
+    c.sampling.encoder_buckets = enc_b
   if head_b is not None:
-    c.model.diffusion_buckets = head_b
+    c.sampling.head_buckets = head_b
   s = SHAPES[shapes]
   model = build_model(c)
   t0 = time.perf_counter()

@@ -160,6 +160,10 @@ def base_config() -> ConfigDict:
   # Encoder path: 'drop' = MAE token dropping with bucketed visible count (less compute),
   # 'masked' = full length with an attention mask. Same results on the same visible set.
   c.model.encoder_path = "drop"
+  # Training's buckets: the bucket is picked from the largest count in the GLOBAL batch, so
+  # they pay only when every mask-ratio group agrees (small batches, fixed ratios). Each
+  # branch is compiled; the paper configs use 1 (paper_config). Sampling has its own
+  # (sampling.encoder_buckets / head_buckets: there the count is set by the decoding step).
   c.model.encoder_buckets = 4     # static lengths the visible count is rounded up to
   c.model.diffusion_buckets = 4   # static row counts for the head's counting tokens
   # Static prefix lengths of the causal CLIP tower where only its pooled embedding is used:
@@ -330,6 +334,10 @@ def base_config() -> ConfigDict:
   c.sampling.sad_candidates = 5        # K (paper default)
   c.sampling.sad_step = 32             # T of 64 (official default)
   c.sampling.sad_share = placeholder(float)  # None; or select once this share is decoded
+  # Static sizes of the decoding steps (sampling/mar.py): the encoder's visible count and the
+  # head's revealed rows grow step by step, each step runs the smallest size that holds it.
+  c.sampling.encoder_buckets = 4
+  c.sampling.head_buckets = 4
   c.sampling.prompts = ()              # fixed prompts of the training-time sample grids
   c.sampling.every = 0                 # grid every N steps (0: only at the end; none if no prompts)
 
@@ -362,9 +370,19 @@ def paper_config(size: str, arg: str | None) -> ConfigDict:
   c = base_config()
   set_model_size(c, size)
   # Scale-out defaults, measured for v5p (docs/scaling.md): blocks in nn.scan (compiles each
-  # stack once) and fully rematerialised (batch 64 per chip fits in HBM). runlocal undoes both.
+  # stack once); remat 'dots' keeps the Dense outputs and recomputes the attention products
+  # (+1-2% FLOPs; 'full' reruns every block's forward, +26-32%). At 64 per chip the step
+  # peaks at 13.8 (B) to 45.0 GiB (G) per v5p chip of 95; 'full' fits chips with less HBM
+  # (6.9-13.1 GiB). runlocal undoes both.
   c.model.scan_layers = True
-  c.model.remat = "full"
+  c.model.remat = "dots"
+  # One training bucket each: at batch 2048 the mask ratio is drawn per group of 64, and the
+  # bucket follows the largest count over all 32 groups (the least-masked group for the
+  # encoder, the most-masked for the head), so the top bucket runs almost every step (Masking
+  # Warmup, std 0.45: 99.2% of the encoder's and 99.8% of the head's top-bucket size over
+  # the schedule, benchmarks/bucket_use.py), and the text bucket follows the longest of 2048
+  # captions. Smaller buckets would add a compiled branch each for <1% of the FLOPs.
+  c.model.update(encoder_buckets=1, diffusion_buckets=1, text_buckets=1)
   c.data.name = "wds"                      # img2dataset tar shards of CC12M (paper data)
   c.data.path = ""                         # e.g. gs://BUCKET/cc12m/{00000..01242}.tar
   apply_recipe(c, a.recipe)
@@ -458,13 +476,14 @@ def runlocal(c: ConfigDict) -> None:
   c.model.update(width=32, depth=1, heads=2, dec_width=32, dec_depth=1, dec_heads=2,
                  mlp_dim=None, buffer_size=4, embed_dim=16, proj_hidden=32,
                  aligner_depth=1, diff_depth=1, diff_width=32, diffusion_batch_mul=2,
-                 encoder_buckets=2, diffusion_buckets=2)
+                 encoder_buckets=2, diffusion_buckets=2, text_buckets=5)
   c.tokenizer.update(tiny_random=True)
   use_shapes_vocab(c, context_length=16)
   c.text.update(width=32, layers=1, heads=2, tiny_random=True, cond_len=16, cond_dim=32)
   c.masking.group_size = 4
   c.data.update(name="shapes", image_size=32, num_workers=1, eval_size=16)
-  c.sampling.update(num_steps=4, num_diffusion_steps="5", sad_candidates=2, sad_step=2)
+  c.sampling.update(num_steps=4, num_diffusion_steps="5", sad_candidates=2, sad_step=2,
+                    encoder_buckets=2, head_buckets=2)
   c.ckpt.update(every=2, keep=2)
   runlocal_evals(c.evals)
 

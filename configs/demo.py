@@ -99,7 +99,7 @@ def get_config(arg=None):
       "a large orange circle at the bottom", "a large cyan triangle in the top right")
   c.sampling.every = 0
   c.sampling.update(num_steps=16, num_diffusion_steps="50", cfg=3.0, sad_candidates=4,
-                    sad_step=4)
+                    sad_step=4, encoder_buckets=2, head_buckets=2)
   c.ckpt.update(every=100, keep=2)
   c.evals.heldout = ev.heldout(every=100, diffusion_ratio=0.9, seed=0)
   # Mini-GenEval (the sampler's evaluator): 64 held-out single-object prompts (issue 16's

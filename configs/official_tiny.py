@@ -26,5 +26,5 @@ def get_config(arg=None):
                 heads=4, cond_encoder="t5", cond_len=8, cond_dim=32, tiny_random=True)
   c.masking.group_size = 4
   c.data.image_size = 64
-  c.sampling.num_diffusion_steps = "50"
+  c.sampling.update(num_diffusion_steps="50", encoder_buckets=1, head_buckets=1)
   return common.finalize(c)

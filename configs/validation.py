@@ -391,6 +391,8 @@ def _sampling(k: _Checker, c) -> None:
   k.number("sampling.temperature", 0.0)
   k.number("sampling.clip_denoised", 0.0, lo_open=True, none_ok=True)
   k.integer("sampling.sad_candidates", 1)
+  k.integer("sampling.encoder_buckets", 1)
+  k.integer("sampling.head_buckets", 1)
   if s.sad_share is None:
     k.need(s.num_steps >= 2, "sampling.num_steps",
            "must be >= 2 for SAD (select after step T in [1, num_steps - 1])")

@@ -43,6 +43,7 @@ def model_config(**model):
   c.text.cond_encoder = "small"
   c.text.small_width, c.text.small_layers, c.text.small_heads = 16, 1, 2
   c.model.update(encoder_buckets=1, diffusion_buckets=1, attn_dropout=0.0, proj_dropout=0.0)
+  c.sampling.update(encoder_buckets=1, head_buckets=1)
   c.model.update(**model)
   return common.finalize(c)
 
@@ -56,5 +57,5 @@ def sampling_config():
   c.model.encoder_buckets = 2
   c.model.diffusion_buckets = 2
   c.sampling.update(num_steps=4, num_diffusion_steps="3", cfg=3.0, sad_candidates=3,
-                    sad_step=2)
+                    sad_step=2, encoder_buckets=2, head_buckets=2)
   return c

@@ -87,6 +87,8 @@ CASES = [
     ({"optim.eps": 0.0}, "optim.eps", "> 0.0"),
     ({"model.encoder_path": "full"}, "model.encoder_path", "('drop', 'masked')"),
     ({"model.encoder_buckets": 0}, "model.encoder_buckets", ">= 1"),
+    ({"sampling.encoder_buckets": 0}, "sampling.encoder_buckets", ">= 1"),
+    ({"sampling.head_buckets": 0}, "sampling.head_buckets", ">= 1"),
     ({"model.diffusion_batch_mul": 0}, "model.diffusion_batch_mul", ">= 1"),
     ({"model.remat": "yes"}, "model.remat", "one of ('none', 'dots', 'full')"),
     ({"model.scan_layers": "yes"}, "model.scan_layers", "True or False"),

@@ -17,7 +17,7 @@ the trainer and evaluators as named predict functions:
 each -> dict(images uint8 [P, H, W, 3], ...). `variables` are the EMA parameters with the
 BatchNorm running statistics ({'params', 'batch_stats'}); `frozen` = {'vae', 'text'}.
 
-Overrides (defaults from config.sampling / config.model): cfg, temperature, num_steps,
+Overrides (defaults from config.sampling): cfg, temperature, num_steps,
 num_diffusion_steps, cfg_schedule, encoder_buckets, head_buckets; SAD: num_candidates,
 sad_step | sad_share, critic ('final' | 'mean'), return_candidates; best-of-K:
 num_candidates, scorer (callable(images uint8 [M,H,W,3], prompts list[str] of length M)

@@ -87,12 +87,12 @@ class DecodeOptions:
 
 
 def options_from_config(config, **overrides) -> DecodeOptions:
-  """DecodeOptions from `config.sampling` / `config.model` (+ overrides); guided = cfg != 1."""
-  s, m = config.sampling, config.model
+  """DecodeOptions from `config.sampling` (+ overrides); guided = cfg != 1."""
+  s = config.sampling
   cfg = float(overrides.pop("cfg", s.cfg))
   kw = dict(num_steps=int(s.num_steps), num_diffusion_steps=str(s.num_diffusion_steps),
             cfg_schedule=str(s.cfg_schedule), guided=cfg != 1.0,
-            encoder_buckets=int(m.encoder_buckets), head_buckets=int(m.diffusion_buckets))
+            encoder_buckets=int(s.encoder_buckets), head_buckets=int(s.head_buckets))
   kw.update({k: v for k, v in overrides.items() if k in kw and v is not None})
   return DecodeOptions(**kw)
 
