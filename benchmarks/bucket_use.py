@@ -40,17 +40,18 @@ def bucket_shares(config, buckets: int, points: int, draws: int, seed: int = 0):
   sizes = np.array(bucket_sizes(seq, buckets))
   center_of = mask_center_schedule(config)
   gate = float(config.loss.diff_min_mask_ratio)
-  draw = jax.jit(lambda k, c: masking.sample_ratios(k, groups, c, config.masking))
+  # [draws] keys -> [draws, groups] ratios, one batch per key
+  draw = jax.jit(jax.vmap(lambda k, c: masking.sample_ratios(k, groups, c, config.masking),
+                          in_axes=(0, None)))
+  take = lambda n: sizes[np.searchsorted(sizes, n)]                   # smallest size >= n
   rows = []
   key = jax.random.key(seed)
   for i, step in enumerate(np.linspace(0, config.total_steps - 1, points).astype(int)):
     center = float(center_of(int(step)))
-    keys = jax.random.split(jax.random.fold_in(key, i), draws)
-    r = np.stack([np.asarray(draw(k, center)) for k in keys])        # [draws, groups]
+    r = np.asarray(draw(jax.random.split(jax.random.fold_in(key, i), draws), center))
     masked = np.asarray(masking.num_masked(r, seq))                    # ceil(L * r)
     top_vis = (seq - masked).max(1)                                   # least-masked group
     top_loss = np.where(r >= gate, masked, 0).max(1)                  # gated, most-masked
-    take = lambda n: sizes[np.searchsorted(sizes, np.maximum(n, 1))]  # smallest size >= n
     rows.append((step / max(1, config.total_steps - 1), center,
                  take(top_vis).mean() / seq, take(top_loss).mean() / seq))
   arr = np.array(rows)

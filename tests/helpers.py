@@ -54,8 +54,6 @@ def sampling_config():
   c.tokenizer.kind = "identity"
   c.tokenizer.patch_size = 4                      # 32px -> 8x8 = 64 tokens of dim 48
   c.text.cond_encoder = "small"
-  c.model.encoder_buckets = 2
-  c.model.diffusion_buckets = 2
   c.sampling.update(num_steps=4, num_diffusion_steps="3", cfg=3.0, sad_candidates=3,
-                    sad_step=2, encoder_buckets=2, head_buckets=2)
+                    sad_step=2)
   return c
